@@ -1,0 +1,59 @@
+"""Builds the proxy's ASGI application from settings. The guard order lives here, and only here.
+
+Read the chain top to bottom as the way a request travels: each guard may rely on everything the
+ones above it have established (the context first, then the request ID, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from guardproxy.asgi import ASGIApp
+from guardproxy.config import Settings
+from guardproxy.guards.request_context import RequestContextGuard
+from guardproxy.guards.request_id import RequestIdGuard
+from guardproxy.observability.metrics import MetricsObserver, ProxyMetrics
+from guardproxy.proxy.forwarder import Forwarder
+from guardproxy.proxy.transport import UpstreamTransport
+from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
+from guardproxy.upstream import upstream_origin
+
+Guard = Callable[[ASGIApp], ASGIApp]
+
+
+def build_route_table(settings: Settings) -> RouteTable:
+    upstream = settings.upstream
+
+    def policy(name: str, connect: float | None = None, read: float | None = None) -> RoutePolicy:
+        return RoutePolicy(
+            name=name,
+            connect_timeout=connect or upstream.connect_timeout,
+            read_timeout=read or upstream.read_timeout,
+        )
+
+    routes = [
+        Route(
+            pattern=compile_path_pattern(route.path),
+            methods=frozenset(route.methods) if route.methods else None,
+            policy=policy(route.name, route.upstream.connect_timeout, route.upstream.read_timeout),
+        )
+        for route in settings.routes
+    ]
+    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME))
+
+
+def build_proxy_app(settings: Settings, transport: UpstreamTransport, metrics: ProxyMetrics) -> ASGIApp:
+    guards: list[Guard] = [
+        partial(RequestContextGuard, routes=build_route_table(settings)),
+        partial(RequestIdGuard, trust_incoming=settings.request_id.trust_incoming),
+        partial(MetricsObserver, metrics=metrics),
+    ]
+    app: ASGIApp = Forwarder(
+        transport,
+        upstream_authority=upstream_origin(settings.upstream).authority,
+        preserve_host=settings.upstream.preserve_host,
+    )
+    for guard in reversed(guards):
+        app = guard(app)
+    return app

@@ -1,0 +1,117 @@
+"""The `guardproxy` command: run, check-config, version.
+
+Every flag is also a config-file key and an environment variable; the mapping is the `FLAGS`
+table below, so `--help`, the README and the loader cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from guardproxy import __version__
+from guardproxy.config import CONFIG_FILE_ENV, ENV_NESTED_DELIMITER, ENV_PREFIX, ConfigError, Settings, load_settings
+
+EXIT_CONFIG_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Flag:
+    option: str
+    setting: str  # dotted path in the config file
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.setting.upper().replace(".", ENV_NESTED_DELIMITER)
+
+
+FLAGS = (
+    Flag("--upstream", "upstream.url", "upstream origin, e.g. http://127.0.0.1:8000", "URL"),
+    Flag("--listen", "server.listen", "proxy listener [0.0.0.0:8080]", "HOST:PORT"),
+    Flag("--admin-listen", "admin.listen", "admin listener for /healthz /readyz /metrics [127.0.0.1:9090]",
+         "HOST:PORT"),
+    Flag("--workers", "server.workers", "worker processes [1]", "N"),
+    Flag("--log-level", "logging.level", "debug, info, warning, error or critical [info]", "LEVEL"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardproxy",
+        description="A hardening reverse proxy for HTTP APIs.",
+        epilog="Every option is also a config-file key and a GUARDPROXY_* environment variable "
+        "(precedence: flag > environment > file > default).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("run", "run the proxy"),
+        ("check-config", "print the effective configuration, or every problem in it"),
+    ):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument(
+            "--config", type=Path, metavar="FILE", help=f"YAML config file (or ${CONFIG_FILE_ENV})"
+        )
+        for flag in FLAGS:
+            command.add_argument(
+                flag.option, dest=flag.setting, metavar=flag.metavar,
+                help=f"{flag.help}; file key {flag.setting}, env {flag.env}",
+            )
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for flag in FLAGS:
+        value = getattr(args, flag.setting)
+        if value is not None:
+            section, key = flag.setting.split(".")
+            nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    config_file = args.config or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
+    return load_settings(_flag_values(args), config_file)
+
+
+def effective_config_yaml(settings: Settings) -> str:
+    """The configuration as YAML; secrets are rendered redacted by their pydantic types."""
+    values = settings.model_dump(mode="json")
+    for section in ("server", "admin"):
+        values[section]["listen"] = str(getattr(settings, section).listen)
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"guardproxy {__version__}")
+        return 0
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"guardproxy: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.command == "check-config":
+        print(effective_config_yaml(settings), end="")
+        return 0
+
+    from guardproxy.server import StartupError, run
+
+    try:
+        return run(settings)
+    except StartupError as exc:
+        print(f"guardproxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,294 @@
+"""Configuration: one pydantic model per concern, loaded from flags, environment and a YAML file.
+
+Precedence is flag > environment (`GUARDPROXY_SECTION__KEY`) > file > default. Every problem is
+reported with the dotted name of the setting it belongs to, so a bad start names what to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from guardproxy.routes import DEFAULT_ROUTE_NAME, PatternError, compile_path_pattern
+
+ENV_PREFIX = "GUARDPROXY_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_FILE_ENV = "GUARDPROXY_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    # A typo in a config file must fail the start, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(Section):
+    """A `HOST:PORT` listen address; IPv6 hosts in brackets (`[::1]:8080`)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            ipaddress.IPv6Address(host)
+        elif ":" in host:
+            raise ValueError(f"IPv6 hosts go in brackets, e.g. [::1]:8080, got {value!r}")
+        return {"host": host, "port": int(port)}
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _address(value: str) -> Any:
+    return Field(default_factory=lambda: Address.model_validate(value))
+
+
+class ServerSettings(Section):
+    listen: Address = _address("0.0.0.0:8080")
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Seconds an idle keep-alive client connection is kept open.
+    keep_alive_timeout: PositiveFloat = 5.0
+
+
+class AdminSettings(Section):
+    # Loopback by default: probes and metrics are for the platform, not for the internet.
+    listen: Address = _address("127.0.0.1:9090")
+
+
+class HealthCheckSettings(Section):
+    interval: PositiveFloat = 2.0
+    timeout: PositiveFloat = 1.0
+    # Without a path the probe only opens a TCP connection; with one it sends `GET path` and
+    # wants a status below 500.
+    path: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class UpstreamSettings(Section):
+    url: str
+    connect_timeout: PositiveFloat = 5.0
+    read_timeout: PositiveFloat = 60.0
+    # Send the client's Host header upstream (apps build URLs from it) instead of the upstream's.
+    preserve_host: bool = True
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    max_idle_connections: Annotated[int, Field(ge=0)] = 100
+    # Below the keep-alive timeout of common servers (uvicorn and Node: 5 s) so the upstream is
+    # rarely the one to close an idle pooled connection first.
+    idle_timeout: PositiveFloat = 4.0
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    health_check: HealthCheckSettings = HealthCheckSettings()
+
+    @field_validator("url")
+    @classmethod
+    def _origin_only(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if not parts.hostname:
+            raise ValueError(f"has no host: {value!r}")
+        try:
+            parts.port  # noqa: B018 - evaluated for its validation
+        except ValueError:
+            raise ValueError(f"has an invalid port: {value!r}") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"must be an origin only (scheme://host[:port]), got {value!r}")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load CA file {str(value)!r}: {exc.strerror or exc}") from None
+        return value
+
+
+class RequestIdSettings(Section):
+    # Keep a well-formed incoming X-Request-ID (set False when clients are not trusted to choose
+    # the ID that appears in your logs).
+    trust_incoming: bool = True
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["json", "console"] = "json"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+
+
+class TimeoutOverrides(Section):
+    connect_timeout: PositiveFloat | None = None
+    read_timeout: PositiveFloat | None = None
+
+
+class RouteSettings(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    path: str
+    methods: list[str] | None = None
+    upstream: TimeoutOverrides = TimeoutOverrides()
+
+    @field_validator("path")
+    @classmethod
+    def _valid_pattern(cls, value: str) -> str:
+        try:
+            compile_path_pattern(value)
+        except PatternError as exc:
+            raise ValueError(f"bad path pattern {value!r}: {exc}") from None
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        methods = [method.upper() for method in value]
+        for method in methods:
+            if not method.isalpha():
+                raise ValueError(f"not an HTTP method: {method!r}")
+        return methods
+
+
+# The YAML file's contents for the load in progress (see `load_settings`).
+_file_values: ContextVar[dict[str, Any]] = ContextVar("guardproxy_file_values", default={})  # noqa: B039
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    upstream: UpstreamSettings
+    server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    request_id: RequestIdSettings = RequestIdSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    routes: list[RouteSettings] = []
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_names(cls, routes: list[RouteSettings]) -> list[RouteSettings]:
+        seen = {DEFAULT_ROUTE_NAME}
+        for route in routes:
+            if route.name in seen:
+                raise ValueError(f"route name {route.name!r} is used twice (or is the reserved 'default')")
+            seen.add(route.name)
+        return routes
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Settings:
+        if self.server.listen == self.admin.listen:
+            raise ValueError("server.listen and admin.listen must differ")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Init values are the command-line flags; the file is the weakest explicit source.
+        return init_settings, env_settings, InitSettingsSource(settings_cls, _file_values.get())
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config file {str(path)!r}: {exc.strerror}"]) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" line {mark.line + 1}, column {mark.column + 1}:"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError([f"config file {str(path)!r}:{where} {problem}"]) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError([f"config file {str(path)!r}: the top level must be a mapping of sections"])
+    return values
+
+
+@contextmanager
+def _file_source(values: dict[str, Any]) -> Iterator[None]:
+    token = _file_values.set(values)
+    try:
+        yield
+    finally:
+        _file_values.reset(token)
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Build the effective settings, or raise ConfigError listing every problem by setting name."""
+    from pydantic import ValidationError
+
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    try:
+        with _file_source(file_values):
+            return Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    setting = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "extra_forbidden":
+        message = "is not a known setting"
+    elif "input" in error and error["type"] not in ("value_error",) and not isinstance(error["input"], dict):
+        message = f"{message} (got {error['input']!r})"
+    return f"{setting}: {message}"

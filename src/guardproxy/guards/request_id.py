@@ -1,0 +1,87 @@
+"""Request IDs and W3C trace context (checklist items 2 and 3).
+
+A well-formed incoming X-Request-ID is kept so IDs stay the same across services; anything else
+is replaced, because the ID lands in logs and problem bodies and must be safe to print there.
+A valid `traceparent` is continued with a new span id (guardproxy is a hop of its own); an
+invalid or missing one is replaced by a fresh trace (W3C Trace Context §3.2, §4.3).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from guardproxy.asgi import ASGIApp, Message, Receive, Scope, Send
+from guardproxy.context import CONTEXT_KEY
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# version "00", a 32-hex trace id, a 16-hex parent id and 2 hex flags, lower case only.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE_ID = b"0" * 32
+_ZERO_SPAN_ID = b"0" * 16
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
+    """The traceparent to send upstream, and whether the incoming one was continued."""
+    span_id = os.urandom(8).hex().encode("ascii")
+    if traceparent is not None:
+        match = _TRACEPARENT.fullmatch(traceparent.strip())
+        if match is not None:
+            version, trace_id, parent_id, flags, rest = match.groups()
+            # Version ff is invalid; version 00 has no trailing fields; later versions may.
+            valid = (
+                version != b"ff"
+                and (version != b"00" or rest is None)
+                and trace_id != _ZERO_TRACE_ID
+                and parent_id != _ZERO_SPAN_ID
+            )
+            if valid:
+                return b"00-%b-%b-%b" % (trace_id, span_id, flags), True
+    trace_id = os.urandom(16).hex().encode("ascii")
+    return b"00-%b-%b-00" % (trace_id, span_id), False
+
+
+class RequestIdGuard:
+    def __init__(self, app: ASGIApp, *, trust_incoming: bool) -> None:
+        self.app = app
+        self.trust_incoming = trust_incoming
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = scope[CONTEXT_KEY]
+        incoming_ids = []
+        traceparents = []
+        tracestate = b""
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                incoming_ids.append(value)
+            elif name == b"traceparent":
+                traceparents.append(value)
+            elif name == b"tracestate":
+                tracestate = value if not tracestate else tracestate + b"," + value
+
+        # Exactly one well-formed value, or the client does not get to choose.
+        if self.trust_incoming and len(incoming_ids) == 1 and _VALID_REQUEST_ID.fullmatch(incoming_ids[0]):
+            context.request_id = incoming_ids[0].decode("ascii")
+        else:
+            context.request_id = new_request_id()
+        context.traceparent, continued = continue_trace(traceparents[0] if len(traceparents) == 1 else None)
+        # tracestate belongs to the trace it came with; it means nothing for a fresh one.
+        context.tracestate = tracestate if continued else b""
+        request_id_field = (REQUEST_ID_HEADER, context.request_id.encode("ascii"))
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [field for field in message.get("headers", ()) if field[0] != REQUEST_ID_HEADER]
+                headers.append(request_id_field)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_request_id)

@@ -1,0 +1,178 @@
+"""The ASGI endpoint at the end of the guard chain: relays one request to the upstream.
+
+Bodies stream in both directions (a chunk at a time, with backpressure); the method, raw path
+and raw query go out byte for byte. Failures before the response starts become RFC 9457
+problems (502/503/504); after it has started, the client connection is cut so that a truncated
+body can never be mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+
+from guardproxy import problems
+from guardproxy.asgi import Headers, Receive, Scope, Send
+from guardproxy.context import CONTEXT_KEY, RequestContext
+from guardproxy.proxy.errors import (
+    PoolExhaustedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from guardproxy.proxy.headers import (
+    HOP_BY_HOP,
+    REWRITTEN_REQUEST_FIELDS,
+    VIA,
+    end_to_end,
+    strip_response_headers,
+)
+from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse, UpstreamTransport
+
+log = structlog.get_logger(component="guardproxy.proxy")
+
+_DROPPED_REQUEST_FIELDS = HOP_BY_HOP | REWRITTEN_REQUEST_FIELDS
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while its request body was being read."""
+
+
+class ResponseAbortedError(Exception):
+    """The response had started when forwarding failed; the client connection must be cut."""
+
+
+class Forwarder:
+    def __init__(self, transport: UpstreamTransport, *, upstream_authority: bytes, preserve_host: bool):
+        self._transport = transport
+        self._upstream_authority = upstream_authority
+        self._preserve_host = preserve_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context: RequestContext = scope[CONTEXT_KEY]
+        request = self._upstream_request(scope, context, receive)
+        try:
+            response = await self._transport.send(request)
+        except ClientDisconnectedError:
+            context.outcome = "client_closed"
+            return
+        except UpstreamError as exc:
+            await self._answer_failure(scope, send, context, exc)
+            return
+        try:
+            await self._relay(scope, receive, send, context, response)
+        finally:
+            response.close()
+
+    def _upstream_request(self, scope: Scope, context: RequestContext, receive: Receive) -> UpstreamRequest:
+        client_headers: Headers = scope["headers"]
+        headers = end_to_end(client_headers, _DROPPED_REQUEST_FIELDS)
+        host = b""
+        content_length: int | None = None
+        chunked = False
+        for name, value in client_headers:
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        headers.append((b"host", host if self._preserve_host and host else self._upstream_authority))
+        headers.append((b"x-forwarded-for", context.client_host.encode("ascii")))
+        headers.append((b"x-forwarded-proto", scope["scheme"].encode("ascii")))
+        if host:
+            headers.append((b"x-forwarded-host", host))
+        headers.append((b"via", VIA))
+        if context.request_id:
+            headers.append((b"x-request-id", context.request_id.encode("ascii")))
+        if context.traceparent:
+            headers.append((b"traceparent", context.traceparent))
+            if context.tracestate:
+                headers.append((b"tracestate", context.tracestate))
+
+        has_body = chunked or bool(content_length)
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        route = context.route
+        return UpstreamRequest(
+            method=scope["method"].encode("ascii"),
+            target=target,
+            headers=headers,
+            body=_request_body(receive) if has_body else None,
+            content_length=None if chunked else content_length,
+            connect_timeout=route.connect_timeout,
+            read_timeout=route.read_timeout,
+        )
+
+    async def _relay(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, response: UpstreamResponse
+    ) -> None:
+        context.status = response.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": strip_response_headers(response.headers, response.status),
+            }
+        )
+        disconnect_watch: asyncio.Task[None] | None = None
+        try:
+            while True:
+                # Each chunk goes out as soon as it arrives (server-sent events depend on it);
+                # the last one says so when the body is already complete, saving a send.
+                chunk = await response.read_chunk()
+                finished = response.finished
+                await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
+                if finished:
+                    return
+                if disconnect_watch is None:
+                    # A long body: notice a client that leaves, instead of reading the rest of
+                    # the upstream's body into a closed socket.
+                    disconnect_watch = asyncio.ensure_future(_until_disconnect(receive))
+                elif disconnect_watch.done():
+                    context.outcome = "client_closed"
+                    return
+        except UpstreamError as exc:
+            context.outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeoutError) else "upstream_error"
+            log.warning(
+                "upstream failed mid-response", request_id=context.request_id, route=context.route.name,
+                error=exc.__class__.__name__,
+            )
+            raise ResponseAbortedError from None
+        finally:
+            if disconnect_watch is not None:
+                disconnect_watch.cancel()
+
+    async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
+        if isinstance(exc, UpstreamTimeoutError):
+            context.outcome = "upstream_timeout"
+            problem, detail = problems.UPSTREAM_TIMEOUT, "The upstream service did not answer in time."
+        elif isinstance(exc, PoolExhaustedError):
+            context.outcome = "upstream_busy"
+            problem, detail = problems.UPSTREAM_BUSY, "The upstream service is at its connection limit."
+        else:
+            context.outcome = "upstream_error"
+            problem, detail = problems.UPSTREAM_UNAVAILABLE, "The upstream service could not be reached."
+        log.warning(
+            "upstream request failed", request_id=context.request_id, route=context.route.name,
+            error=exc.kind, reason=str(exc),
+        )
+        headers = [(b"retry-after", b"1")] if isinstance(exc, PoolExhaustedError) else []
+        await problems.send_problem(scope, send, problem, detail, headers=headers)
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,65 @@
+"""Header rewriting between client and upstream, kept free of I/O so each rule is unit-testable.
+
+RFC 9110 §7.6.1: a proxy removes the hop-by-hop fields, including every field the `Connection`
+header names, in both directions. §7.6.3: it adds `Via`.
+"""
+
+from __future__ import annotations
+
+from guardproxy.asgi import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    }
+)
+
+# Fields guardproxy decides itself for the upstream; whatever the client sent under these names
+# is dropped. `expect` because guardproxy answers 100-continue on its own side.
+REWRITTEN_REQUEST_FIELDS = frozenset(
+    {
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"expect",
+    }
+)
+
+VIA = b"1.1 guardproxy"
+
+
+def connection_named_fields(headers: Headers) -> frozenset[bytes]:
+    """Names listed in any `Connection` field (the caller lower-cased header names)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
+    """The headers a proxy may pass on: no hop-by-hop field and none named in `drop`."""
+    if any(name == b"connection" for name, _ in headers):
+        drop = drop | connection_named_fields(headers)
+    return [(name, value) for name, value in headers if name not in drop]
+
+
+def strip_response_headers(headers: Headers, status: int) -> Headers:
+    kept = end_to_end(headers, HOP_BY_HOP)
+    if status in (204, 304):
+        # 204 has no content at all; a 304's Content-Length describes a body it does not carry,
+        # and relaying it would make the client wait for bytes that never come.
+        kept = [(name, value) for name, value in kept if name != b"content-length"]
+    kept.append((b"via", VIA))
+    return kept

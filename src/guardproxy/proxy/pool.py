@@ -1,0 +1,232 @@
+"""A keep-alive HTTP/1.1 connection pool to one upstream origin; the real `UpstreamTransport`.
+
+Idle connections are reused newest first (warm sockets, and the old ones age out), closed after
+`idle_timeout`, and never reused once the upstream has closed them: the protocol notices the FIN
+while the connection sits idle. For the race that remains (the upstream closes just as a request
+goes out), a request is retried once on a fresh connection, but only when that cannot send
+anything twice: the stale connection gave no response byte, the method is idempotent and no body
+has been read from the client (RFC 9110 §9.2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+
+from guardproxy.asgi import Headers
+from guardproxy.proxy.connection import UpstreamConnection
+from guardproxy.proxy.errors import (
+    PoolExhaustedError,
+    UpstreamClosedError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from guardproxy.proxy.transport import UpstreamRequest
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> bytes:
+        default_port = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default_port else f"{host}:{self.port}").encode("ascii")
+
+
+class PooledResponse:
+    __slots__ = ("_connection", "_pool", "headers", "status")
+
+    def __init__(self, pool: ConnectionPool, connection: UpstreamConnection, status: int, headers: Headers):
+        self._pool = pool
+        self._connection: UpstreamConnection | None = connection
+        self.status = status
+        self.headers = headers
+
+    async def read_chunk(self) -> bytes:
+        assert self._connection is not None, "read after close"
+        return await self._connection.read_chunk()
+
+    @property
+    def finished(self) -> bool:
+        return self._connection is None or self._connection.body_drained
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
+
+
+class ConnectionPool:
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        max_connections: int,
+        max_idle_connections: int,
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.origin = origin
+        self._max_connections = max_connections
+        self._max_idle = max_idle_connections
+        self._idle_timeout = idle_timeout
+        self._ssl = ssl_context
+        self._idle: list[UpstreamConnection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    async def send(self, request: UpstreamRequest) -> PooledResponse:
+        replayable = request.body is None and request.method in IDEMPOTENT_METHODS
+        while True:
+            connection = await self._acquire(request.connect_timeout)
+            reused = connection.exchanges > 0
+            try:
+                status, headers = await self._exchange(connection, request)
+            except UpstreamClosedError:
+                self._discard(connection)
+                if reused and connection.received_nothing and replayable:
+                    continue
+                raise
+            except BaseException:
+                self._discard(connection)
+                raise
+            return PooledResponse(self, connection, status, headers)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        if not connection.reusable or self._closing or len(self._idle) >= self._max_idle:
+            self._discard(connection)
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self._idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._idle_timeout, self._sweep)
+        self._wake_one_waiter()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def _exchange(self, connection: UpstreamConnection, request: UpstreamRequest) -> tuple[int, Headers]:
+        connection.begin(head_only=request.method == b"HEAD", idle_timeout=request.read_timeout)
+        connection.write(_request_head(request))
+        if request.body is not None:
+            chunked = request.content_length is None
+            async for chunk in request.body:
+                if connection.head_received:
+                    # The upstream answered before taking the whole body (e.g. its own 413):
+                    # stop sending and relay its answer. The connection is not reused.
+                    break
+                if chunk:
+                    connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await connection.wait_writable()
+            else:
+                if chunked:
+                    connection.write(b"0\r\n\r\n")
+        return await connection.read_head()
+
+    async def _acquire(self, connect_timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed and loop.time() - connection.idle_since < self._idle_timeout:
+                return connection
+            self._discard(connection)
+        if self._open >= self._max_connections:
+            await self._wait_for_slot(connect_timeout)
+            return await self._acquire(connect_timeout)
+        self._open += 1
+        try:
+            return await self._connect(connect_timeout)
+        except BaseException:
+            self._open -= 1
+            self._wake_one_waiter()
+            raise
+
+    async def _connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(loop),
+                    self.origin.host,
+                    self.origin.port,
+                    ssl=self._ssl,
+                    server_hostname=self.origin.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamTimeoutError("connect timed out") from None
+        except (OSError, ssl.SSLError, socket.gaierror) as exc:
+            raise UpstreamConnectError(f"connect failed: {exc.__class__.__name__}") from None
+        return connection
+
+    async def _wait_for_slot(self, timeout: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise PoolExhaustedError("no upstream connection became free in time") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _discard(self, connection: UpstreamConnection) -> None:
+        connection.close()
+        self._open -= 1
+        self._wake_one_waiter()
+
+    def _wake_one_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        keep = []
+        for connection in self._idle:
+            if connection.closed or now - connection.idle_since >= self._idle_timeout:
+                self._discard(connection)
+            else:
+                keep.append(connection)
+        self._idle = keep
+        if keep:
+            self._sweeper = loop.call_later(self._idle_timeout / 2, self._sweep)
+
+
+def _request_head(request: UpstreamRequest) -> bytes:
+    lines = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers:
+        lines += (name, b": ", value, b"\r\n")
+    if request.body is not None and request.content_length is None:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+__all__ = ["ConnectionPool", "Origin", "PooledResponse", "UpstreamError"]

@@ -1,0 +1,50 @@
+"""The narrow interface between the forwarder and whatever carries bytes to the upstream.
+
+The forwarder only knows `UpstreamTransport`: the keep-alive pool implements it for real traffic,
+and a test can put any other implementation in its place (as httpx separates its transports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from guardproxy.asgi import Headers
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: bytes
+    # The request target exactly as the client sent it: raw path and raw query, never re-encoded.
+    target: bytes
+    headers: Headers
+    # None when the request has no body; otherwise the body's chunks as they arrive.
+    body: AsyncIterator[bytes] | None
+    # Content-Length when the client declared one; a body without it is sent chunked.
+    content_length: int | None
+    connect_timeout: float
+    read_timeout: float
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body; b"" once the body is complete."""
+
+    @property
+    def finished(self) -> bool:
+        """True once every byte of the body has been handed out by `read_chunk`."""
+
+    def close(self) -> None:
+        """Give the connection back (if the exchange finished cleanly) or drop it."""
+
+
+class UpstreamTransport(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send the request and return once the response head has arrived."""
+
+    async def aclose(self) -> None:
+        """Close every connection."""

@@ -1,0 +1,172 @@
+"""Process wiring: listeners, workers and signals.
+
+Each worker process runs two uvicorn servers on one event loop: the proxy listener and the admin
+listener. Sockets are bound once, in the parent, so every worker accepts on the same ports and a
+bad address fails the start before any worker exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+
+import structlog
+import uvicorn
+
+from guardproxy.admin import build_admin_app
+from guardproxy.app import build_proxy_app
+from guardproxy.asgi import ASGIApp
+from guardproxy.config import Address, Settings
+from guardproxy.health import Readiness
+from guardproxy.http_protocol import GuardHttpToolsProtocol
+from guardproxy.observability.logging import configure_logging
+from guardproxy.observability.metrics import ProxyMetrics
+from guardproxy.upstream import build_pool
+
+log = structlog.get_logger(component="guardproxy.server")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_WORKER_STOP_TIMEOUT = 60.0
+
+
+class StartupError(Exception):
+    """A start-up failure already phrased for the operator (e.g. a port in use)."""
+
+
+class _Listener(uvicorn.Server):
+    # guardproxy handles signals once for both listeners; uvicorn's own handling would make the
+    # second server overwrite the first one's handlers.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(address: Address, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        sock = socket.create_server((address.host, address.port), family=family, backlog=2048)
+    except OSError as exc:
+        raise StartupError(f"{setting}: cannot listen on {address}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(app: ASGIApp, settings: Settings, *, proxy: bool) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http=GuardHttpToolsProtocol if proxy else "httptools",
+        ws="none",
+        lifespan="off",
+        # Client addresses and X-Forwarded-* are guardproxy's business (trusted proxies only);
+        # uvicorn's own rewriting would trust 127.0.0.1 blindly.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=settings.server.keep_alive_timeout,  # type: ignore[arg-type]
+    )
+
+
+async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+    """Run one worker until SIGTERM or SIGINT."""
+    pool = build_pool(settings.upstream)
+    metrics = ProxyMetrics() if settings.metrics.enabled else None
+    readiness = Readiness(settings.upstream)
+    proxy = _Listener(_uvicorn_config(build_proxy_app(settings, pool, metrics), settings, proxy=True))
+    admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, proxy=False))
+
+    def stop() -> None:
+        # Readiness goes first so a load balancer stops sending before the listener closes.
+        readiness.draining = True
+        proxy.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    await readiness.start()
+    admin_task = asyncio.create_task(admin.serve(sockets=[admin_socket]))
+    try:
+        await proxy.serve(sockets=[proxy_socket])
+    finally:
+        admin.should_exit = True
+        await admin_task
+        await readiness.stop()
+        await pool.aclose()
+
+
+def _run_worker(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+    configure_logging(settings.logging)
+    _event_loop_runner()(serve(settings, proxy_socket, admin_socket))
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is not available on every platform
+        return asyncio.run
+    return uvloop.run
+
+
+def run(settings: Settings) -> int:
+    """Bind the listeners and serve until told to stop; returns the process exit code."""
+    configure_logging(settings.logging)
+    proxy_socket = bind(settings.server.listen, "server.listen")
+    admin_socket = bind(settings.admin.listen, "admin.listen")
+    log.info(
+        "guardproxy starting",
+        listen=str(settings.server.listen),
+        admin_listen=str(settings.admin.listen),
+        upstream=settings.upstream.url,
+        workers=settings.server.workers,
+    )
+    if settings.server.workers == 1:
+        _run_worker(settings, proxy_socket, admin_socket)
+        return 0
+    return _supervise(settings, proxy_socket, admin_socket)
+
+
+def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> int:
+    """Keep `workers` processes running; on SIGTERM/SIGINT pass the signal on and wait for them."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+
+    def start_worker() -> BaseProcess:
+        process = context.Process(
+            target=_run_worker, args=(settings, proxy_socket, admin_socket), name="guardproxy-worker"
+        )
+        process.start()
+        return process
+
+    workers = [start_worker() for _ in range(settings.server.workers)]
+    while not stopping:
+        time.sleep(0.2)
+        for index, process in enumerate(workers):
+            if not process.is_alive() and not stopping:
+                log.error("worker exited unexpectedly; restarting", pid=process.pid, exitcode=process.exitcode)
+                workers[index] = start_worker()
+    for process in workers:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: every worker stops on its own
+    for process in workers:
+        process.join(_WORKER_STOP_TIMEOUT)
+        if process.is_alive():
+            log.error("worker did not stop in time; killing it", pid=process.pid)
+            process.kill()
+            process.join()
+    log.info("guardproxy stopped")
+    return 0
+
