@@ -1,25 +1,20 @@
 """Builds the proxy's ASGI application from settings. The guard order lives here, and only here.
 
-Read the chain top to bottom as the way a request travels: each guard may rely on everything the
-ones above it have established (the context first, then the request ID, ...).
+Read `build_guards` top to bottom as the way a request travels: each guard may rely on everything
+the ones above it have established.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Settings
-from guardproxy.guards.request_context import RequestContextGuard
+from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.request_id import RequestIdGuard
-from guardproxy.observability.metrics import MetricsObserver, ProxyMetrics
+from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
 from guardproxy.upstream import upstream_origin
-
-Guard = Callable[[ASGIApp], ASGIApp]
 
 
 def build_route_table(settings: Settings) -> RouteTable:
@@ -43,17 +38,20 @@ def build_route_table(settings: Settings) -> RouteTable:
     return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME))
 
 
-def build_proxy_app(settings: Settings, transport: UpstreamTransport, metrics: ProxyMetrics) -> ASGIApp:
-    guards: list[Guard] = [
-        partial(RequestContextGuard, routes=build_route_table(settings)),
-        partial(RequestIdGuard, trust_incoming=settings.request_id.trust_incoming),
-        partial(MetricsObserver, metrics=metrics),
-    ]
-    app: ASGIApp = Forwarder(
+def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard]:
+    """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
+    to top, so a guard listed earlier has the last word on the headers a client receives."""
+    guards: list[Guard] = []
+    if metrics is not None:
+        guards.append(MetricsGuard(metrics=metrics))
+    guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
+    return guards
+
+
+def build_proxy_app(settings: Settings, transport: UpstreamTransport, metrics: ProxyMetrics | None) -> ASGIApp:
+    forwarder = Forwarder(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
     )
-    for guard in reversed(guards):
-        app = guard(app)
-    return app
+    return GuardChain(forwarder, guards=build_guards(settings, metrics), routes=build_route_table(settings))

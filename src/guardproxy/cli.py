@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from guardproxy import __version__
-from guardproxy.config import CONFIG_FILE_ENV, ENV_NESTED_DELIMITER, ENV_PREFIX, ConfigError, Settings, load_settings
+from guardproxy.config import (
+    CONFIG_FILE_ENV,
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
 EXIT_CONFIG_ERROR = 2
 
@@ -36,8 +43,9 @@ class Flag:
 FLAGS = (
     Flag("--upstream", "upstream.url", "upstream origin, e.g. http://127.0.0.1:8000", "URL"),
     Flag("--listen", "server.listen", "proxy listener [0.0.0.0:8080]", "HOST:PORT"),
-    Flag("--admin-listen", "admin.listen", "admin listener for /healthz /readyz /metrics [127.0.0.1:9090]",
-         "HOST:PORT"),
+    Flag(
+        "--admin-listen", "admin.listen", "admin listener for /healthz /readyz /metrics [127.0.0.1:9090]", "HOST:PORT"
+    ),
     Flag("--workers", "server.workers", "worker processes [1]", "N"),
     Flag("--log-level", "logging.level", "debug, info, warning, error or critical [info]", "LEVEL"),
 )
@@ -56,12 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "print the effective configuration, or every problem in it"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
-        command.add_argument(
-            "--config", type=Path, metavar="FILE", help=f"YAML config file (or ${CONFIG_FILE_ENV})"
-        )
+        command.add_argument("--config", type=Path, metavar="FILE", help=f"YAML config file (or ${CONFIG_FILE_ENV})")
         for flag in FLAGS:
             command.add_argument(
-                flag.option, dest=flag.setting, metavar=flag.metavar,
+                flag.option,
+                dest=flag.setting,
+                metavar=flag.metavar,
                 help=f"{flag.help}; file key {flag.setting}, env {flag.env}",
             )
     commands.add_parser("version", help="print the version")
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(effective_config_yaml(settings), end="")
         return 0
 
-    from guardproxy.server import StartupError, run
+    # Imported here so `version` and `check-config` do not load the server stack.
+    from guardproxy.server import StartupError, run  # noqa: PLC0415
 
     try:
         return run(settings)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from guardproxy.routes import DEFAULT_ROUTE_NAME, PatternError, compile_path_pattern
@@ -73,6 +73,9 @@ class ServerSettings(Section):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # Seconds an idle keep-alive client connection is kept open.
     keep_alive_timeout: PositiveFloat = 5.0
+    # Seconds a client has to deliver a whole request head, counted from the connection opening
+    # or the previous response ending; trickling bytes does not extend it.
+    request_head_timeout: PositiveFloat = 10.0
 
 
 class AdminSettings(Section):
@@ -270,8 +273,6 @@ def _file_source(values: dict[str, Any]) -> Iterator[None]:
 
 def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
     """Build the effective settings, or raise ConfigError listing every problem by setting name."""
-    from pydantic import ValidationError
-
     file_values = read_config_file(config_file) if config_file is not None else {}
     try:
         with _file_source(file_values):

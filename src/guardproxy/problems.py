@@ -1,6 +1,7 @@
 """RFC 9457 problem details: the only shape an error made by guardproxy itself ever has.
 
-Every body is built from fixed titles and details chosen by the caller; nothing from an exception,
+`guardproxy.answer.Answer.problem` turns one into a response. Every body is built from fixed
+titles and details chosen by the caller; nothing from an exception,
 a file path or the upstream's address is ever put into one (checklist items 10-12).
 """
 
@@ -11,8 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from guardproxy.asgi import Headers, Scope, Send
-from guardproxy.context import context_of
+from guardproxy.asgi import Headers
 
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
 TYPE_PREFIX = "urn:guardproxy:problem:"
@@ -32,6 +32,7 @@ class ProblemType:
 
 
 BAD_REQUEST = ProblemType("bad-request", 400, "Bad Request")
+REQUEST_TIMEOUT = ProblemType("request-timeout", 408, "Request Timeout")
 NOT_IMPLEMENTED = ProblemType("not-implemented", 501, "Not Implemented")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal Server Error")
 UPSTREAM_UNAVAILABLE = ProblemType("upstream-unavailable", 502, "Bad Gateway")
@@ -67,34 +68,3 @@ def problem_head(body: bytes, extra_headers: Sequence[tuple[bytes, bytes]] = ())
         (b"cache-control", b"no-store"),
         *extra_headers,
     ]
-
-
-async def send_problem(
-    scope: Scope,
-    send: Send,
-    problem: ProblemType,
-    detail: str,
-    *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    """Answer the request in `scope` with a problem response.
-
-    The path is the request's own (never its query string, which may carry secrets) and the
-    request ID ties the response to the log lines about it.
-    """
-    context = context_of(scope)
-    extra = list(headers)
-    if context is not None:
-        context.status = problem.status
-        if context.request_id:
-            extra.append((b"x-request-id", context.request_id.encode("ascii")))
-    body = render_problem(
-        problem,
-        detail,
-        request_id=context.request_id if context is not None else None,
-        instance=scope.get("path"),
-    )
-    await send(
-        {"type": "http.response.start", "status": problem.status, "headers": problem_head(body, extra)}
-    )
-    await send({"type": "http.response.body", "body": body})

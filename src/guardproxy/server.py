@@ -13,8 +13,10 @@ import multiprocessing
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from functools import partial
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import structlog
 import uvicorn
@@ -24,7 +26,7 @@ from guardproxy.app import build_proxy_app
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, Settings
 from guardproxy.health import Readiness
-from guardproxy.http_protocol import GuardHttpToolsProtocol
+from guardproxy.http_protocol import ProxyHttpProtocol
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.upstream import build_pool
@@ -60,7 +62,9 @@ def bind(address: Address, setting: str) -> socket.socket:
 def _uvicorn_config(app: ASGIApp, settings: Settings, *, proxy: bool) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=GuardHttpToolsProtocol if proxy else "httptools",
+        http=partial(ProxyHttpProtocol, head_timeout=settings.server.request_head_timeout)  # type: ignore[arg-type]
+        if proxy
+        else "httptools",
         ws="none",
         lifespan="off",
         # Client addresses and X-Forwarded-* are guardproxy's business (trusted proxies only);
@@ -106,10 +110,10 @@ def _run_worker(settings: Settings, proxy_socket: socket.socket, admin_socket: s
     _event_loop_runner()(serve(settings, proxy_socket, admin_socket))
 
 
-def _event_loop_runner():  # type: ignore[no-untyped-def]
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is not available on every platform
+        import uvloop  # noqa: PLC0415 - optional: not available on every platform
+    except ImportError:  # pragma: no cover
         return asyncio.run
     return uvloop.run
 
@@ -169,4 +173,3 @@ def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: so
             process.join()
     log.info("guardproxy stopped")
     return 0
-

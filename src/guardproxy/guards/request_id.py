@@ -8,32 +8,37 @@ invalid or missing one is replaced by a fresh trace (W3C Trace Context §3.2, §
 
 from __future__ import annotations
 
-import os
+import random
 import re
 
-from guardproxy.asgi import ASGIApp, Message, Receive, Scope, Send
-from guardproxy.context import CONTEXT_KEY
+from guardproxy.asgi import Headers, Scope
+from guardproxy.context import RequestContext
+from guardproxy.guards.chain import Guard
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# version "00", a 32-hex trace id, a 16-hex parent id and 2 hex flags, lower case only.
+# version, a 32-hex trace id, a 16-hex parent id and 2 hex flags, lower case only; versions
+# after 00 may append fields.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE_ID = b"0" * 32
 _ZERO_SPAN_ID = b"0" * 16
 
+# IDs must be unique, not secret: a Mersenne Twister seeded from the OS is unique enough and
+# costs no system call per request (os.urandom would cost three).
+_random = random.Random()  # noqa: S311
+
 
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return "%032x" % _random.getrandbits(128)
 
 
 def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
     """The traceparent to send upstream, and whether the incoming one was continued."""
-    span_id = os.urandom(8).hex().encode("ascii")
+    span_id = b"%016x" % _random.getrandbits(64)
     if traceparent is not None:
         match = _TRACEPARENT.fullmatch(traceparent.strip())
         if match is not None:
             version, trace_id, parent_id, flags, rest = match.groups()
-            # Version ff is invalid; version 00 has no trailing fields; later versions may.
             valid = (
                 version != b"ff"
                 and (version != b"00" or rest is None)
@@ -42,20 +47,15 @@ def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
             )
             if valid:
                 return b"00-%b-%b-%b" % (trace_id, span_id, flags), True
-    trace_id = os.urandom(16).hex().encode("ascii")
+    trace_id = b"%032x" % _random.getrandbits(128)
     return b"00-%b-%b-00" % (trace_id, span_id), False
 
 
-class RequestIdGuard:
-    def __init__(self, app: ASGIApp, *, trust_incoming: bool) -> None:
-        self.app = app
+class RequestIdGuard(Guard):
+    def __init__(self, *, trust_incoming: bool) -> None:
         self.trust_incoming = trust_incoming
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        context = scope[CONTEXT_KEY]
+    def on_request(self, scope: Scope, context: RequestContext) -> None:
         incoming_ids = []
         traceparents = []
         tracestate = b""
@@ -75,13 +75,8 @@ class RequestIdGuard:
         context.traceparent, continued = continue_trace(traceparents[0] if len(traceparents) == 1 else None)
         # tracestate belongs to the trace it came with; it means nothing for a fresh one.
         context.tracestate = tracestate if continued else b""
-        request_id_field = (REQUEST_ID_HEADER, context.request_id.encode("ascii"))
 
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [field for field in message.get("headers", ()) if field[0] != REQUEST_ID_HEADER]
-                headers.append(request_id_field)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_request_id)
+    def on_response_start(self, context: RequestContext, headers: Headers) -> None:
+        # The upstream may echo the ID (or send its own); the client gets exactly one.
+        headers[:] = [field for field in headers if field[0] != REQUEST_ID_HEADER]
+        headers.append((REQUEST_ID_HEADER, context.request_id.encode("ascii")))

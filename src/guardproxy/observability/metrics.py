@@ -3,11 +3,14 @@ client data (raw path, arbitrary method) would let any client create unbounded s
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import REGISTRY
 
-from guardproxy.asgi import ASGIApp, Message, Receive, Scope, Send
-from guardproxy.context import CONTEXT_KEY, RequestContext
+from guardproxy.asgi import Scope
+from guardproxy.context import RequestContext
+from guardproxy.guards.chain import Guard
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 STATUS_CLASSES = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -31,28 +34,18 @@ def status_class(status: int) -> str:
     return STATUS_CLASSES[status // 100] if 100 <= status < 600 else "5xx"
 
 
-class MetricsObserver:
+class MetricsGuard(Guard):
     """Counts every request once it has been answered, whoever answered it."""
 
-    def __init__(self, app: ASGIApp, *, metrics: ProxyMetrics) -> None:
-        self.app = app
+    def __init__(self, *, metrics: ProxyMetrics) -> None:
         self.requests = metrics.requests
+        # labels() takes a lock and validates on every call; the label sets are few and fixed.
+        self._children: dict[tuple[str, str, str, str], Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        context: RequestContext = scope[CONTEXT_KEY]
-
-        async def observing_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                context.status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observing_send)
-        finally:
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            self.requests.labels(
-                context.route.name, method, status_class(context.status or 500), context.outcome
-            ).inc()
+    def on_complete(self, scope: Scope, context: RequestContext) -> None:
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        key = (context.route.name, method, status_class(context.status or 500), context.outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(*key)
+        child.inc()

@@ -6,6 +6,11 @@ measurements put httpx at ~0.02 and aiohttp at ~0.15 of nginx's throughput, this
 Flow control runs both ways. Request bodies wait in `wait_writable` while the socket's buffer is
 full; response bodies stop the socket reading once `_HIGH_WATER` bytes wait for a slow client, so
 memory per exchange stays bounded however large the body is.
+
+Timeouts are not timers per request: the pool's ticker calls `check_idle`, and an exchange fails
+once nothing has moved either way for its idle timeout (nginx's proxy_read_timeout and
+proxy_send_timeout in one). A request body going out counts as progress, so a slow upload that
+keeps flowing is not cut.
 """
 
 from __future__ import annotations
@@ -25,24 +30,27 @@ from guardproxy.proxy.errors import (
 )
 
 _HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
+        self._parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self.exchanges = 0
         self.idle_since = 0.0
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
+        self._read_paused = False
         # Per exchange, reset by `begin`.
-        self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
         self._interim = False
         self._status = 0
         self._headers: Headers = []
+        self._framed = False
+        self._keep_alive = False
         self._head: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -50,11 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error: UpstreamError | None = None
         self._bytes_received = 0
-        self._until_close = False
-        self._read_paused = False
-        self._read_timeout = 0.0
+        self._idle_timeout = 0.0
         self._last_activity = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -64,19 +69,19 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._bytes_received += len(data)
         self._last_activity = self._loop.time()
-        if self._parser is None or self._complete:
+        if self._head is None or self._complete:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self._fail(UpstreamProtocolError("unsolicited data"))
             return
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid response: {exc}"))
 
     def eof_received(self) -> bool | None:
-        if self._until_close and self.head_received and not self._complete and self._error is None:
+        if not self._framed and self.head_received and not self._complete and self._error is None:
             # RFC 9112 §6.3: without Content-Length or chunked framing, the close ends the body.
             self._finish()
         self._on_closed(None)
@@ -95,23 +100,29 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name in _FRAMING_FIELDS:
+            self._framed = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None and self._head is not None
+        assert self._parser is not None
+        assert self._head is not None
         if self._complete or self._head.done():
             self._fail(UpstreamProtocolError("more than one response to one request"))
             return
         status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if status < 200:
             # An interim response (100 Continue, 103 Early Hints): wait for the final one.
             self._interim = True
             self._headers = []
+            self._framed = False
             return
         self._status = status
-        self._until_close = not any(
-            name in (b"content-length", b"transfer-encoding") for name, _ in self._headers
-        ) and status not in (204, 304)
+        if status in (204, 304):
+            self._framed = True
+        # Read now: llhttp resets its flags once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
         self._head.set_result(None)
         self._wake_writer()
         if self._head_only:
@@ -136,49 +147,44 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._complete:
             self._finish()
 
-    # Used by the pool
+    # Used by the pool and the forwarder
 
     @property
     def reusable(self) -> bool:
-        return (
-            self._complete
-            and not self.closed
-            and self._error is None
-            and not self._chunks
-            and self._parser is not None
-            and self._parser.should_keep_alive()
-        )
-
-    @property
-    def body_drained(self) -> bool:
-        return self._complete and not self._chunks
+        return self._complete and self._keep_alive and not self.closed and self._error is None and not self._chunks
 
     @property
     def received_nothing(self) -> bool:
         return self._bytes_received == 0
 
-    def begin(self, *, head_only: bool, idle_timeout: float) -> None:
-        """Start an exchange that fails once nothing moves either way for `idle_timeout` seconds.
+    @property
+    def head_received(self) -> bool:
+        return self._head is not None and self._head.done()
 
-        One lazily re-armed timer per exchange (nginx's proxy_read/send_timeout in one): the
-        request body going out counts as progress, so a slow upload is not cut while it flows.
-        """
+    @property
+    def body_drained(self) -> bool:
+        return self._complete and not self._chunks
+
+    def begin(self, *, head_only: bool, idle_timeout: float) -> None:
+        """Start an exchange that fails once nothing moves either way for `idle_timeout` seconds."""
+        if self._parser is None or self._head_only:
+            # A parser is reused across keep-alive exchanges, except after a HEAD: llhttp still
+            # expects the body that HEAD's Content-Length announced.
+            self._parser = httptools.HttpResponseParser(self)
         self.exchanges += 1
-        self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._interim = False
         self._status = 0
         self._headers = []
+        self._framed = False
+        self._keep_alive = False
         self._head = self._loop.create_future()
-        self._chunks.clear()
         self._buffered = 0
         self._complete = False
         self._error = None
         self._bytes_received = 0
-        self._until_close = False
-        self._read_timeout = idle_timeout
+        self._idle_timeout = idle_timeout
         self._last_activity = self._loop.time()
-        self._timer = self._loop.call_later(idle_timeout, self._check_read_timeout)
 
     def write(self, data: bytes) -> None:
         if self.closed or self._transport is None:
@@ -193,10 +199,6 @@ class UpstreamConnection(asyncio.Protocol):
             await self._writable
         if self.closed:
             raise self._error or UpstreamClosedError("connection closed while sending")
-
-    @property
-    def head_received(self) -> bool:
-        return self._head is not None and self._head.done()
 
     async def read_head(self) -> tuple[int, Headers]:
         assert self._head is not None
@@ -226,22 +228,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
+    def check_idle(self, now: float) -> None:
+        """Called by the pool's ticker while an exchange is in progress."""
+        if not self._complete and not self.closed and now - self._last_activity >= self._idle_timeout:
+            self._fail(UpstreamTimeoutError("no progress within the upstream timeout"))
+
     def close(self) -> None:
-        self._cancel_timer()
         if self._transport is not None and not self.closed:
             self._transport.close()
         self.closed = True
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-        self._on_closed(None)
 
     # internals
 
     def _finish(self) -> None:
         self._complete = True
-        self._cancel_timer()
         self._wake_reader()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -253,8 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_closed(self, exc: Exception | None) -> None:
         was_closed = self.closed
         self.closed = True
-        self._cancel_timer()
-        if not self._complete and self._error is None and self._parser is not None:
+        if not self._complete and self._error is None and self._head is not None:
             reason = "connection reset" if exc is not None else "connection closed"
             self._error = UpstreamClosedError(f"{reason} before the response was complete")
         if not was_closed and self._transport is not None:
@@ -280,18 +279,3 @@ class UpstreamConnection(asyncio.Protocol):
             self._writable = None
             if not waiter.done():
                 waiter.set_result(None)
-
-    def _check_read_timeout(self) -> None:
-        self._timer = None
-        if self._complete or self.closed:
-            return
-        remaining = self._last_activity + self._read_timeout - self._loop.time()
-        if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._check_read_timeout)
-            return
-        self._fail(UpstreamTimeoutError("no data from the upstream within the read timeout"))
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None

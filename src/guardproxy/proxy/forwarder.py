@@ -8,16 +8,17 @@ body can never be mistaken for a complete one.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
 
 from guardproxy import problems
+from guardproxy.answer import Answer
 from guardproxy.asgi import Headers, Receive, Scope, Send
 from guardproxy.context import CONTEXT_KEY, RequestContext
 from guardproxy.proxy.errors import (
     PoolExhaustedError,
+    ResponseAbortedError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -36,11 +37,7 @@ _DROPPED_REQUEST_FIELDS = HOP_BY_HOP | REWRITTEN_REQUEST_FIELDS
 
 
 class ClientDisconnectedError(Exception):
-    """The client went away while its request body was being read."""
-
-
-class ResponseAbortedError(Exception):
-    """The response had started when forwarding failed; the client connection must be cut."""
+    """The client went away before its request body was complete."""
 
 
 class Forwarder:
@@ -61,29 +58,31 @@ class Forwarder:
             await self._answer_failure(scope, send, context, exc)
             return
         try:
-            await self._relay(scope, receive, send, context, response)
+            await self._relay(send, context, response)
         finally:
             response.close()
 
     def _upstream_request(self, scope: Scope, context: RequestContext, receive: Receive) -> UpstreamRequest:
         client_headers: Headers = scope["headers"]
         headers = end_to_end(client_headers, _DROPPED_REQUEST_FIELDS)
-        host = b""
+        host: bytes | None = None
         content_length: int | None = None
-        chunked = False
+        transfer_encoding: bytes | None = None
         for name, value in client_headers:
             if name == b"host":
                 host = value
             elif name == b"content-length":
                 content_length = int(value)
             elif name == b"transfer-encoding":
-                chunked = True
-        headers.append((b"host", host if self._preserve_host and host else self._upstream_authority))
-        headers.append((b"x-forwarded-for", context.client_host.encode("ascii")))
-        headers.append((b"x-forwarded-proto", scope["scheme"].encode("ascii")))
+                transfer_encoding = value
+        headers += (
+            (b"host", host if self._preserve_host and host else self._upstream_authority),
+            (b"x-forwarded-for", context.client_host.encode("ascii")),
+            (b"x-forwarded-proto", scope["scheme"].encode("ascii")),
+            (b"via", VIA),
+        )
         if host:
             headers.append((b"x-forwarded-host", host))
-        headers.append((b"via", VIA))
         if context.request_id:
             headers.append((b"x-request-id", context.request_id.encode("ascii")))
         if context.traceparent:
@@ -91,6 +90,7 @@ class Forwarder:
             if context.tracestate:
                 headers.append((b"tracestate", context.tracestate))
 
+        chunked = transfer_encoding is not None
         has_body = chunked or bool(content_length)
         target = scope["raw_path"]
         if scope["query_string"]:
@@ -106,9 +106,7 @@ class Forwarder:
             read_timeout=route.read_timeout,
         )
 
-    async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, response: UpstreamResponse
-    ) -> None:
+    async def _relay(self, send: Send, context: RequestContext, response: UpstreamResponse) -> None:
         context.status = response.status
         await send(
             {
@@ -117,7 +115,6 @@ class Forwarder:
                 "headers": strip_response_headers(response.headers, response.status),
             }
         )
-        disconnect_watch: asyncio.Task[None] | None = None
         try:
             while True:
                 # Each chunk goes out as soon as it arrives (server-sent events depend on it);
@@ -127,23 +124,19 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
                 if finished:
                     return
-                if disconnect_watch is None:
-                    # A long body: notice a client that leaves, instead of reading the rest of
-                    # the upstream's body into a closed socket.
-                    disconnect_watch = asyncio.ensure_future(_until_disconnect(receive))
-                elif disconnect_watch.done():
-                    context.outcome = "client_closed"
-                    return
+        except OSError:
+            # The client left (ASGI 2.4 send raises OSError): stop reading the upstream's body;
+            # closing the response drops that connection.
+            context.outcome = "client_closed"
         except UpstreamError as exc:
             context.outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeoutError) else "upstream_error"
             log.warning(
-                "upstream failed mid-response", request_id=context.request_id, route=context.route.name,
-                error=exc.__class__.__name__,
+                "upstream failed mid-response",
+                request_id=context.request_id,
+                route=context.route.name,
+                error=exc.kind,
             )
             raise ResponseAbortedError from None
-        finally:
-            if disconnect_watch is not None:
-                disconnect_watch.cancel()
 
     async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):
@@ -156,11 +149,14 @@ class Forwarder:
             context.outcome = "upstream_error"
             problem, detail = problems.UPSTREAM_UNAVAILABLE, "The upstream service could not be reached."
         log.warning(
-            "upstream request failed", request_id=context.request_id, route=context.route.name,
-            error=exc.kind, reason=str(exc),
+            "upstream request failed",
+            request_id=context.request_id,
+            route=context.route.name,
+            error=exc.kind,
+            reason=str(exc),
         )
         headers = [(b"retry-after", b"1")] if isinstance(exc, PoolExhaustedError) else []
-        await problems.send_problem(scope, send, problem, detail, headers=headers)
+        await Answer.problem(scope, problem, detail, headers).send(send)
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
@@ -171,8 +167,3 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -49,17 +49,21 @@ def connection_named_fields(headers: Headers) -> frozenset[bytes]:
 
 
 def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
-    """The headers a proxy may pass on: no hop-by-hop field and none named in `drop`."""
-    if any(name == b"connection" for name, _ in headers):
-        drop = drop | connection_named_fields(headers)
-    return [(name, value) for name, value in headers if name not in drop]
+    """The headers a proxy may pass on: none named in `drop` (which holds the hop-by-hop names)
+    and none that a `Connection` field names."""
+    kept = [(name, value) for name, value in headers if name not in drop]
+    if len(kept) < len(headers) and any(name == b"connection" for name, _ in headers):
+        named = connection_named_fields(headers)
+        kept = [(name, value) for name, value in kept if name not in named]
+    return kept
 
 
 def strip_response_headers(headers: Headers, status: int) -> Headers:
-    kept = end_to_end(headers, HOP_BY_HOP)
-    if status in (204, 304):
-        # 204 has no content at all; a 304's Content-Length describes a body it does not carry,
-        # and relaying it would make the client wait for bytes that never come.
-        kept = [(name, value) for name, value in kept if name != b"content-length"]
+    kept = end_to_end(headers, _DROPPED_RESPONSE_FIELDS[status in (204, 304)])
     kept.append((b"via", VIA))
     return kept
+
+
+# 204 has no content at all; a 304's Content-Length describes a body it does not carry, and
+# relaying it would make the client wait for bytes that never come.
+_DROPPED_RESPONSE_FIELDS = (HOP_BY_HOP, HOP_BY_HOP | {b"content-length"})

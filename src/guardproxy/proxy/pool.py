@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 from guardproxy.asgi import Headers
 from guardproxy.proxy.connection import UpstreamConnection
@@ -27,6 +28,9 @@ from guardproxy.proxy.errors import (
 )
 from guardproxy.proxy.transport import UpstreamRequest
 
+# How often stalled exchanges and expired idle connections are looked for: the precision of the
+# upstream timeouts.
+_TICK = 0.1
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -83,8 +87,9 @@ class ConnectionPool:
         self._ssl = ssl_context
         self._idle: list[UpstreamConnection] = []
         self._open = 0
+        self._busy: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self._closing = False
 
     async def send(self, request: UpstreamRequest) -> PooledResponse:
@@ -105,20 +110,19 @@ class ConnectionPool:
             return PooledResponse(self, connection, status, headers)
 
     def release(self, connection: UpstreamConnection) -> None:
+        self._busy.discard(connection)
         if not connection.reusable or self._closing or len(self._idle) >= self._max_idle:
             self._discard(connection)
             return
-        loop = asyncio.get_running_loop()
-        connection.idle_since = loop.time()
+        connection.idle_since = self._loop.time()
         self._idle.append(connection)
-        if self._sweeper is None:
-            self._sweeper = loop.call_later(self._idle_timeout, self._sweep)
         self._wake_one_waiter()
 
     async def aclose(self) -> None:
         self._closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for connection in self._idle:
             connection.close()
         self._idle.clear()
@@ -146,10 +150,12 @@ class ConnectionPool:
         return await connection.read_head()
 
     async def _acquire(self, connect_timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        if self._ticker is None:
+            self._ticker = self._loop.call_later(_TICK, self._tick)
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and loop.time() - connection.idle_since < self._idle_timeout:
+            if not connection.closed and self._loop.time() - connection.idle_since < self._idle_timeout:
+                self._busy.add(connection)
                 return connection
             self._discard(connection)
         if self._open >= self._max_connections:
@@ -157,14 +163,21 @@ class ConnectionPool:
             return await self._acquire(connect_timeout)
         self._open += 1
         try:
-            return await self._connect(connect_timeout)
+            connection = await self._connect(connect_timeout)
         except BaseException:
             self._open -= 1
             self._wake_one_waiter()
             raise
+        self._busy.add(connection)
+        return connection
+
+    @cached_property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: get_running_loop() costs a getpid() system call per use.
+        return asyncio.get_running_loop()
 
     async def _connect(self, timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
@@ -181,7 +194,7 @@ class ConnectionPool:
         return connection
 
     async def _wait_for_slot(self, timeout: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
@@ -193,6 +206,7 @@ class ConnectionPool:
                 self._waiters.remove(waiter)
 
     def _discard(self, connection: UpstreamConnection) -> None:
+        self._busy.discard(connection)
         connection.close()
         self._open -= 1
         self._wake_one_waiter()
@@ -204,19 +218,21 @@ class ConnectionPool:
                 waiter.set_result(None)
                 return
 
-    def _sweep(self) -> None:
-        self._sweeper = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        keep = []
-        for connection in self._idle:
-            if connection.closed or now - connection.idle_since >= self._idle_timeout:
-                self._discard(connection)
-            else:
-                keep.append(connection)
-        self._idle = keep
-        if keep:
-            self._sweeper = loop.call_later(self._idle_timeout / 2, self._sweep)
+    def _tick(self) -> None:
+        """One timer for the whole pool: times out stalled exchanges and closes expired idle
+        connections, so no request pays for arming and cancelling a timer of its own."""
+        now = self._loop.time()
+        for connection in list(self._busy):
+            connection.check_idle(now)
+        if self._idle:
+            keep = []
+            for connection in self._idle:
+                if connection.closed or now - connection.idle_since >= self._idle_timeout:
+                    self._discard(connection)
+                else:
+                    keep.append(connection)
+            self._idle = keep
+        self._ticker = self._loop.call_later(_TICK, self._tick) if self._busy or self._idle else None
 
 
 def _request_head(request: UpstreamRequest) -> bytes:

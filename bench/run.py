@@ -1,0 +1,145 @@
+"""The benchmark: guardproxy (defaults) against nginx and a naive Starlette + httpx proxy.
+
+All three sit in front of the same static nginx upstream and are measured with wrk in one
+interleaved run (round after round, each proxy in turn), so machine noise hits them alike; the
+report uses each proxy's median round. Figures are only meaningful as ratios within one run.
+
+Usage: python bench/run.py [--rounds 3] [--duration 5] [--connections 64]
+Needs: wrk and nginx on PATH (Debian packages wrk, nginx-light), guardproxy installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout}s")
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    rps: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, duration: float, connections: int) -> tuple[float, float]:
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        raise RuntimeError(f"{url}: {non_2xx.group(1)} error responses during the run")
+    return rps, float(value) * _UNITS[unit]
+
+
+def start_nginx(template: str, workdir: Path, name: str, **ports: int) -> subprocess.Popen[bytes]:
+    config = workdir / f"{name}.conf"
+    config.write_text((BENCH_DIR / template).read_text().format(workdir=workdir, **ports))
+    return subprocess.Popen(["nginx", "-c", str(config), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the Starlette + httpx proxy")
+    parser.add_argument("--path", default="/", help="request path [/]")
+    options = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
+            return 2
+
+    ports = {name: free_port() for name in ("upstream_port", "nginx_port", "guardproxy_port", "admin_port", "naive_port")}
+    upstream = f"http://127.0.0.1:{ports['upstream_port']}"
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            processes.append(start_nginx("nginx-upstream.conf", workdir, "upstream", **ports))
+            processes.append(start_nginx("nginx-proxy.conf", workdir, "proxy", **ports))
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "guardproxy", "run", "--upstream", upstream,
+                     "--listen", f"127.0.0.1:{ports['guardproxy_port']}",
+                     "--admin-listen", f"127.0.0.1:{ports['admin_port']}", "--log-level", "warning"],
+                    env={**os.environ, "PYTHONOPTIMIZE": "1"},
+                )
+            )
+            targets = [
+                Target("nginx", f"http://127.0.0.1:{ports['nginx_port']}{options.path}"),
+                Target("guardproxy", f"http://127.0.0.1:{ports['guardproxy_port']}{options.path}"),
+            ]
+            if not options.skip_naive:
+                processes.append(
+                    subprocess.Popen([sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])])
+                )
+                targets.append(Target("naive starlette+httpx", f"http://127.0.0.1:{ports['naive_port']}{options.path}"))
+            wait_for(upstream)
+            for target in targets:
+                wait_for(target.url)
+                run_wrk(target.url, 1, options.connections)  # warm-up: pools, caches, JIT-free but still
+            for _ in range(options.rounds):
+                for target in targets:
+                    rps, p99 = run_wrk(target.url, options.duration, options.connections)
+                    target.rps.append(rps)
+                    target.p99_ms.append(p99)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=30)
+
+    nginx_rps = statistics.median(targets[0].rps)
+    guard_rps = statistics.median(targets[1].rps)
+    print(f"wrk -t1 -c{options.connections} -d{options.duration:g}s, {options.rounds} interleaved rounds, median")
+    print(f"{'proxy':<24}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}")
+    for target in targets:
+        rps = statistics.median(target.rps)
+        print(f"{target.name:<24}{rps:>10.0f}{statistics.median(target.p99_ms):>10.2f}{rps / nginx_rps:>10.2f}")
+    if len(targets) > 2:
+        print(f"guardproxy / naive: {guard_rps / statistics.median(targets[2].rps):.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The guard chain: one ordered list of small guards, run by one ASGI application.
+
+A guard is a plain object with up to three hooks, like a structlog processor:
+  on_request(scope, context)            before forwarding, in chain order; returning an `Answer`
+                                        (a refusal, a redirect, a preflight reply) ends the request
+  on_response_start(context, headers)   on every response head, guardproxy's own answers included,
+                                        in reverse order (the first guard has the last word)
+  on_complete(scope, context)           once the response is done or abandoned: metrics, logs
+
+Why not one nested ASGI middleware per guard: each nesting level costs a coroutine frame and a
+wrapped `send` per request, measured at ~4 µs each here, and a dozen guards would have cost more
+than the forwarding itself. Guards that must see body bytes (limits, compression) still wrap
+`receive`/`send` as ASGI middleware between the chain and the forwarder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from guardproxy import problems
+from guardproxy.answer import Answer
+from guardproxy.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from guardproxy.context import CONTEXT_KEY, RequestContext
+from guardproxy.proxy.errors import ResponseAbortedError
+from guardproxy.routes import RouteTable
+
+log = structlog.get_logger(component="guardproxy.chain")
+
+
+class Guard:
+    """Base class for guards: override only the hooks you need; the chain skips the others."""
+
+    def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
+        return None
+
+    def on_response_start(self, context: RequestContext, headers: Headers) -> None:
+        return None
+
+    def on_complete(self, scope: Scope, context: RequestContext) -> None:
+        return None
+
+
+def _overrides(guard: Guard, hook: str) -> bool:
+    return getattr(type(guard), hook) is not getattr(Guard, hook)
+
+
+class GuardChain:
+    """The proxy's outermost ASGI app: builds the request context, runs the guards, forwards.
+
+    It is also the safety net: whatever goes wrong further in, the client gets an RFC 9457
+    problem (before the response has started) or a cut connection (after), never a traceback.
+    """
+
+    def __init__(self, app: ASGIApp, *, guards: Sequence[Guard], routes: RouteTable) -> None:
+        self.app = app
+        self.routes = routes
+        self.guards = tuple(guards)
+        self._on_request = [g.on_request for g in self.guards if _overrides(g, "on_request")]
+        self._on_response_start = [
+            g.on_response_start for g in reversed(self.guards) if _overrides(g, "on_response_start")
+        ]
+        self._on_complete = [g.on_complete for g in reversed(self.guards) if _overrides(g, "on_complete")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        context = RequestContext(
+            route=self.routes.match(scope["method"], scope["path"]),
+            client_host=client[0] if client else "unknown",
+        )
+        scope[CONTEXT_KEY] = context
+        response_hooks = self._on_response_start
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context.status = message["status"]
+                headers = message["headers"]
+                for hook in response_hooks:
+                    hook(context, headers)
+            await send(message)
+
+        try:
+            for on_request in self._on_request:
+                answer = on_request(scope, context)
+                if answer is not None:
+                    await answer.send(guarded_send)
+                    return
+            await self.app(scope, receive, guarded_send)
+        except ResponseAbortedError:
+            # Returning with the response unfinished makes the server cut the connection.
+            return
+        except OSError:
+            context.outcome = "client_closed"
+        except Exception:
+            log.exception("unhandled error", request_id=context.request_id, route=context.route.name)
+            context.outcome = "internal_error"
+            if not context.status:
+                await Answer.problem(scope, problems.INTERNAL_ERROR, "guardproxy could not handle this request.").send(
+                    guarded_send
+                )
+        finally:
+            for on_complete in self._on_complete:
+                on_complete(scope, context)
