@@ -7,6 +7,7 @@ reported with the dotted name of the setting it belongs to, so a bad start names
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,14 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from guardproxy.routes import DEFAULT_ROUTE_NAME, PatternError, compile_path_pattern
 
@@ -51,7 +59,7 @@ class Address(Section):
         if not isinstance(value, str):
             return value
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"expected HOST:PORT, got {value!r}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -68,19 +76,26 @@ def _address(value: str) -> Any:
     return Field(default_factory=lambda: Address.model_validate(value))
 
 
+# NoDecode: an environment value such as GUARDPROXY_SERVER__LISTEN=0.0.0.0:8080 is a HOST:PORT
+# string, not JSON for the Address model.
+ListenAddress = Annotated[Address, NoDecode]
+
+
 class ServerSettings(Section):
-    listen: Address = _address("0.0.0.0:8080")
+    listen: ListenAddress = _address("0.0.0.0:8080")
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # Seconds an idle keep-alive client connection is kept open.
     keep_alive_timeout: PositiveFloat = 5.0
     # Seconds a client has to deliver a whole request head, counted from the connection opening
     # or the previous response ending; trickling bytes does not extend it.
     request_head_timeout: PositiveFloat = 10.0
+    # Seconds requests in flight get to finish on SIGTERM/SIGINT before they are cut.
+    shutdown_timeout: PositiveFloat = 30.0
 
 
 class AdminSettings(Section):
     # Loopback by default: probes and metrics are for the platform, not for the internet.
-    listen: Address = _address("127.0.0.1:9090")
+    listen: ListenAddress = _address("127.0.0.1:9090")
 
 
 class HealthCheckSettings(Section):
@@ -117,6 +132,9 @@ class UpstreamSettings(Section):
     @classmethod
     def _origin_only(cls, value: str) -> str:
         parts = urlsplit(value)
+        if "@" in parts.netloc:
+            # Credentials in the URL would be printed by check-config and sent by the probe.
+            raise ValueError("must not contain credentials")
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         if not parts.hostname:
@@ -125,7 +143,7 @@ class UpstreamSettings(Section):
             parts.port  # noqa: B018 - evaluated for its validation
         except ValueError:
             raise ValueError(f"has an invalid port: {value!r}") from None
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        if parts.path not in ("", "/") or "?" in value or "#" in value or value.endswith(":"):
             raise ValueError(f"must be an origin only (scheme://host[:port]), got {value!r}")
         return value
 
@@ -187,7 +205,7 @@ class RouteSettings(Section):
             return None
         methods = [method.upper() for method in value]
         for method in methods:
-            if not method.isalpha():
+            if not re.fullmatch(r"[A-Z]{1,32}", method):
                 raise ValueError(f"not an HTTP method: {method!r}")
         return methods
 
@@ -246,6 +264,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"config file {str(path)!r}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file {str(path)!r}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -279,6 +299,9 @@ def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Set
             return Settings(**flags)
     except ValidationError as exc:
         raise ConfigError([_describe(error) for error in exc.errors()]) from None
+    except SettingsError as exc:
+        # An environment value that should be structured (JSON) but is not.
+        raise ConfigError([f"environment: {exc}"]) from None
 
 
 def _describe(error: Any) -> str:
@@ -288,6 +311,8 @@ def _describe(error: Any) -> str:
         message = message[len("Value error, ") :]
     if error["type"] == "missing":
         message = "is required"
+        if setting == "upstream":
+            setting = "upstream.url"  # the one required setting; name it, not its section
     elif error["type"] == "extra_forbidden":
         message = "is not a known setting"
     elif "input" in error and error["type"] not in ("value_error",) and not isinstance(error["input"], dict):

@@ -164,7 +164,10 @@ class ProxyHttpProtocol(asyncio.Protocol):
         headers = self._headers
         for name, value in headers:
             if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                if b"chunked" in value.lower():
+                codings = [coding.strip() for coding in value.lower().split(b",")]
+                if codings[-1] == b"chunked":
+                    # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does
+                    # not decode; §6.1 says 501.
                     self._refuse(problems.NOT_IMPLEMENTED, "Only the 'chunked' transfer coding is supported.")
                 else:
                     self._refuse(problems.BAD_REQUEST, "Invalid Transfer-Encoding.")
@@ -180,6 +183,10 @@ class ProxyHttpProtocol(asyncio.Protocol):
             path = unquote(path)
         parser = self.parser
         http_version = parser.get_http_version()
+        if http_version not in ("1.1", "1.0"):
+            # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
+            self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
+            raise _RequestRefused
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -390,6 +397,10 @@ class _Exchange:
     async def run(self, app: ASGIApp) -> None:
         try:
             await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace time: cut the connection, never fake a response.
+            self._abort()
+            raise
         except BaseException as exc:
             if not self.response_started:
                 log.error("unhandled error before the response", exc_info=exc)

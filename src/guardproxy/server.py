@@ -75,6 +75,7 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, *, proxy: bool) -> uvicorn
         access_log=False,
         log_config=None,
         timeout_keep_alive=settings.server.keep_alive_timeout,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=settings.server.shutdown_timeout,  # type: ignore[arg-type]
     )
 
 

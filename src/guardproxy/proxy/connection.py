@@ -51,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: Headers = []
         self._framed = False
         self._keep_alive = False
+        self._request_sent = True
         self._head: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -151,11 +152,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self._keep_alive and not self.closed and self._error is None and not self._chunks
+        return (
+            self._complete
+            and self._keep_alive
+            and self._request_sent
+            and not self.closed
+            and self._error is None
+            and not self._chunks
+        )
+
+    def abandon_request(self) -> None:
+        """The request was not sent in full: this connection must not carry another one."""
+        self._request_sent = False
 
     @property
     def received_nothing(self) -> bool:
         return self._bytes_received == 0
+
+    @property
+    def head(self) -> asyncio.Future[None]:
+        assert self._head is not None
+        return self._head
 
     @property
     def head_received(self) -> bool:
@@ -178,6 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._framed = False
         self._keep_alive = False
+        self._request_sent = True
         self._head = self._loop.create_future()
         self._buffered = 0
         self._complete = False
@@ -193,8 +211,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
 
     async def wait_writable(self) -> None:
-        """Wait while the socket buffer is full, unless the response has already begun."""
-        while self._write_paused and not self.closed and not self.head_received:
+        """Wait while the socket buffer is full."""
+        while self._write_paused and not self.closed:
             self._writable = self._loop.create_future()
             await self._writable
         if self.closed:

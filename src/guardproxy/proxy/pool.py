@@ -135,18 +135,16 @@ class ConnectionPool:
         connection.begin(head_only=request.method == b"HEAD", idle_timeout=request.read_timeout)
         connection.write(_request_head(request))
         if request.body is not None:
-            chunked = request.content_length is None
-            async for chunk in request.body:
-                if connection.head_received:
-                    # The upstream answered before taking the whole body (e.g. its own 413):
-                    # stop sending and relay its answer. The connection is not reused.
-                    break
-                if chunk:
-                    connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await connection.wait_writable()
+            sending = asyncio.ensure_future(_send_body(connection, request))
+            await asyncio.wait((sending, connection.head), return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done():
+                # The upstream answered before taking the whole body (e.g. its own 413): stop
+                # reading the client's body and relay the answer; the connection, with half a
+                # request in it, is never reused.
+                sending.cancel()
+                connection.abandon_request()
             else:
-                if chunked:
-                    connection.write(b"0\r\n\r\n")
+                sending.result()
         return await connection.read_head()
 
     async def _acquire(self, connect_timeout: float) -> UpstreamConnection:
@@ -233,6 +231,17 @@ class ConnectionPool:
                     keep.append(connection)
             self._idle = keep
         self._ticker = self._loop.call_later(_TICK, self._tick) if self._busy or self._idle else None
+
+
+async def _send_body(connection: UpstreamConnection, request: UpstreamRequest) -> None:
+    assert request.body is not None
+    chunked = request.content_length is None
+    async for chunk in request.body:
+        if chunk:
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await connection.wait_writable()
+    if chunked:
+        connection.write(b"0\r\n\r\n")
 
 
 def _request_head(request: UpstreamRequest) -> bytes:
