@@ -60,7 +60,9 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 def run_wrk(url: str, duration: float, connections: int) -> tuple[float, float]:
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()  # type: ignore[union-attr]
@@ -89,7 +91,8 @@ def main() -> int:
             print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
             return 2
 
-    ports = {name: free_port() for name in ("upstream_port", "nginx_port", "guardproxy_port", "admin_port", "naive_port")}
+    names = ("upstream_port", "nginx_port", "guardproxy_port", "admin_port", "naive_port")
+    ports = {name: free_port() for name in names}
     upstream = f"http://127.0.0.1:{ports['upstream_port']}"
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
@@ -99,9 +102,20 @@ def main() -> int:
             processes.append(start_nginx("nginx-proxy.conf", workdir, "proxy", **ports))
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "guardproxy", "run", "--upstream", upstream,
-                     "--listen", f"127.0.0.1:{ports['guardproxy_port']}",
-                     "--admin-listen", f"127.0.0.1:{ports['admin_port']}", "--log-level", "warning"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "guardproxy",
+                        "run",
+                        "--upstream",
+                        upstream,
+                        "--listen",
+                        f"127.0.0.1:{ports['guardproxy_port']}",
+                        "--admin-listen",
+                        f"127.0.0.1:{ports['admin_port']}",
+                        "--log-level",
+                        "warning",
+                    ],
                     env={**os.environ, "PYTHONOPTIMIZE": "1"},
                 )
             )
@@ -110,9 +124,8 @@ def main() -> int:
                 Target("guardproxy", f"http://127.0.0.1:{ports['guardproxy_port']}{options.path}"),
             ]
             if not options.skip_naive:
-                processes.append(
-                    subprocess.Popen([sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])])
-                )
+                naive = [sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])]
+                processes.append(subprocess.Popen(naive))
                 targets.append(Target("naive starlette+httpx", f"http://127.0.0.1:{ports['naive_port']}{options.path}"))
             wait_for(upstream)
             for target in targets:

@@ -395,6 +395,11 @@ class _Exchange:
     # ASGI
 
     async def run(self, app: ASGIApp) -> None:
+        if self.disconnected:
+            # Refused (a broken body in the same packet as its head) or gone before the task
+            # started: nothing of this request goes anywhere.
+            self._abort()
+            return
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
