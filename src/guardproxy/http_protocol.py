@@ -88,8 +88,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False
+        # One lazily re-armed timer per connection enforces the keep-alive and head deadlines:
+        # a request only moves `_waiting_since`, it never arms or cancels a timer itself.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._waiting_since = 0.0
+        self._fresh = True
+        self._head_started = False
         self._refused = False
         self._closing = False
         # The exchange being answered, then any pipelined ones waiting behind it.
@@ -98,6 +103,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self._parsing: _Exchange | None = None
         self._url = b""
         self._headers: Headers = []
+        self._expect_continue = False
 
     # asyncio.Protocol
 
@@ -110,11 +116,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.server = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
         self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         self._waiting_since = self.loop.time()
-        self._arm_timer(self.head_timeout, self._head_timed_out)
+        self._ensure_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
-        self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for exchange in self._exchanges:
             exchange.client_gone()
         self._wake_writers()
@@ -148,17 +156,21 @@ class ProxyHttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._expect_continue = False
         if not self._exchanges:
             # The keep-alive wait is over. The head is due `head_timeout` after the connection
             # opened or the previous response ended, however slowly its bytes trickle in.
-            elapsed = self.loop.time() - self._waiting_since
-            self._arm_timer(max(self.head_timeout - elapsed, 0.0), self._head_timed_out)
+            self._head_started = True
+            self._ensure_timer()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         headers = self._headers
@@ -202,12 +214,10 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
-        expect_continue = any(name == b"expect" and value.lower() == b"100-continue" for name, value in headers)
-        exchange = _Exchange(self, scope, keep_alive=keep_alive, expect_continue=expect_continue)
+        exchange = _Exchange(self, scope, keep_alive=keep_alive, expect_continue=self._expect_continue)
         self._parsing = exchange
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
-            self._cancel_timer()
             self._start(exchange)
         else:
             # Pipelined: answered in order, after the ones before it.
@@ -260,7 +270,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self._start(self._exchanges[0])
         else:
             self._waiting_since = self.loop.time()
-            self._arm_timer(self.keep_alive_timeout, self._idle_timed_out)
+            self._fresh = self._head_started = False
+            self._ensure_timer()
         self.resume_reading()
 
     # internals
@@ -280,25 +291,38 @@ class ProxyHttpProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _arm_timer(self, delay: float, callback: Any) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, callback)
+    def _deadline(self) -> float | None:
+        if self._exchanges:
+            return None  # a request is being answered; its own timeouts apply
+        if self._fresh or self._head_started:
+            return self._waiting_since + self.head_timeout
+        return self._waiting_since + self.keep_alive_timeout
 
-    def _cancel_timer(self) -> None:
+    def _ensure_timer(self) -> None:
+        """Make sure a timer fires no later than the current deadline. Under steady traffic the
+        deadline only moves later, so the pending timer stays and just re-checks when it fires."""
+        deadline = self._deadline()
+        if deadline is None:
+            return
         if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
             self._timer.cancel()
-            self._timer = None
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
-    def _idle_timed_out(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
-        if not self._exchanges and self.transport is not None:
-            self.transport.close()
-
-    def _head_timed_out(self) -> None:
-        self._timer = None
-        if not self._exchanges and self.transport is not None:
+        deadline = self._deadline()
+        if deadline is None or self.transport is None:
+            return
+        if self.loop.time() < deadline:
+            self._ensure_timer()
+        elif self._fresh or self._head_started:
             log.info("request head not received in time", client=self.client[0] if self.client else None)
             self._refuse(problems.REQUEST_TIMEOUT, "The request head did not arrive in time.")
+        else:
+            self.transport.close()  # idle keep-alive connection: nothing to say
 
     def _refuse(self, problem: problems.ProblemType, detail: str) -> None:
         """Answer a request that never reached the application, then close the connection."""

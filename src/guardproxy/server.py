@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import signal
 import socket
@@ -35,6 +36,7 @@ log = structlog.get_logger(component="guardproxy.server")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WORKER_STOP_TIMEOUT = 60.0
+_GC_YOUNG_THRESHOLD = 20_000
 
 
 class StartupError(Exception):
@@ -95,6 +97,11 @@ async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: s
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
+    # Every request allocates a few hundred short-lived objects, nearly all freed by reference
+    # counting. Moving start-up objects out of the collector's sight and collecting the young
+    # generation less often measured ~4 % more throughput (bench/).
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await readiness.start()
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_socket]))
     try:

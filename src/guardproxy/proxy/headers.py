@@ -37,6 +37,7 @@ REWRITTEN_REQUEST_FIELDS = frozenset(
 )
 
 VIA = b"1.1 guardproxy"
+_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close", b""}
 
 
 def connection_named_fields(headers: Headers) -> frozenset[bytes]:
@@ -53,8 +54,10 @@ def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
     and none that a `Connection` field names."""
     kept = [(name, value) for name, value in headers if name not in drop]
     if len(kept) < len(headers) and any(name == b"connection" for name, _ in headers):
-        named = connection_named_fields(headers)
-        kept = [(name, value) for name, value in kept if name not in named]
+        # The common `Connection: keep-alive` / `close` names nothing left to remove.
+        named = connection_named_fields(headers) - _CONNECTION_OPTIONS
+        if named:
+            kept = [(name, value) for name, value in kept if name not in named]
     return kept
 
 
