@@ -228,3 +228,23 @@ def test_client_disconnect_mid_download_releases_the_upstream(start_proxy) -> No
             sock.recv(65536)
         assert closed.wait(5), "guardproxy kept reading the upstream after the client left"
         assert httpx.get(f"{gp.admin_url}/healthz").status_code == 200
+
+
+def test_connection_limit_sheds_with_503_and_retry_after(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(
+        upstream.url,
+        env={"GUARDPROXY_UPSTREAM__MAX_CONNECTIONS": "1", "GUARDPROXY_UPSTREAM__CONNECT_TIMEOUT": "0.3"},
+    )
+    results: dict[str, httpx.Response] = {}
+    slow = threading.Thread(
+        target=lambda: results.setdefault("slow", httpx.get(f"{gp.url}/slow?delay=1.5", timeout=10))
+    )
+    slow.start()
+    time.sleep(0.4)
+    response = httpx.get(f"{gp.url}/echo", timeout=10)
+    slow.join()
+    problem = assert_problem(response, 503, "upstream-busy")
+    assert response.headers["retry-after"] == "1"
+    assert "connection limit" in problem["detail"]
+    assert results["slow"].status_code == 200
+    assert httpx.get(f"{gp.url}/echo").status_code == 200  # the slot is free again
