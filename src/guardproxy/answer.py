@@ -30,3 +30,13 @@ class Answer:
     async def send(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": list(self.headers)})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class RefusedError(Exception):
+    """Raised by a guard in the middle of a request (e.g. while the body streams) to answer it
+    with `answer` instead; the guard chain sends it if the response has not started."""
+
+    def __init__(self, answer: Answer, outcome: str) -> None:
+        super().__init__(outcome)
+        self.answer = answer
+        self.outcome = outcome

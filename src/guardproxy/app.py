@@ -7,8 +7,11 @@ the ones above it have established.
 from __future__ import annotations
 
 from guardproxy.asgi import ASGIApp
-from guardproxy.config import Settings
+from guardproxy.config import BodyLimitOverride, Settings, TimeoutOverrides
+from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
+from guardproxy.guards.concurrency import ConcurrencyGuard
+from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
@@ -20,22 +23,26 @@ from guardproxy.upstream import upstream_origin
 def build_route_table(settings: Settings) -> RouteTable:
     upstream = settings.upstream
 
-    def policy(name: str, connect: float | None = None, read: float | None = None) -> RoutePolicy:
+    def policy(name: str, timeouts: TimeoutOverrides, body_limit: BodyLimitOverride) -> RoutePolicy:
         return RoutePolicy(
             name=name,
-            connect_timeout=connect or upstream.connect_timeout,
-            read_timeout=read or upstream.read_timeout,
+            connect_timeout=timeouts.connect_timeout or upstream.connect_timeout,
+            read_timeout=timeouts.read_timeout or upstream.read_timeout,
+            total_timeout=timeouts.total_timeout or upstream.total_timeout,
+            max_body_bytes=(
+                body_limit.max_bytes if body_limit.max_bytes is not None else settings.body_limit.max_bytes
+            ),
         )
 
     routes = [
         Route(
             pattern=compile_path_pattern(route.path),
             methods=frozenset(route.methods) if route.methods else None,
-            policy=policy(route.name, route.upstream.connect_timeout, route.upstream.read_timeout),
+            policy=policy(route.name, route.upstream, route.body_limit),
         )
         for route in settings.routes
     ]
-    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME))
+    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME, TimeoutOverrides(), BodyLimitOverride()))
 
 
 def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard]:
@@ -43,8 +50,13 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     to top, so a guard listed earlier has the last word on the headers a client receives."""
     guards: list[Guard] = []
     if metrics is not None:
-        guards.append(MetricsGuard(metrics=metrics))
+        guards.append(MetricsGuard(metrics=metrics))  # first, so it sees every outcome
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
+    # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
+    guards.append(ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight))
+    if settings.paths.refuse_traversal:
+        guards.append(PathGuard())
+    guards.append(BodyLimitGuard())
     return guards
 
 

@@ -17,7 +17,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -87,9 +96,17 @@ class ServerSettings(Section):
     # Seconds an idle keep-alive client connection is kept open.
     keep_alive_timeout: PositiveFloat = 5.0
     # Seconds a client has to deliver a whole request head, counted from the connection opening
-    # or the previous response ending; trickling bytes does not extend it.
+    # or the previous response ending; trickling bytes does not extend it (408).
     request_head_timeout: PositiveFloat = 10.0
-    # Seconds requests in flight get to finish on SIGTERM/SIGINT before they are cut.
+    # Seconds a request body may go without a byte arriving (408).
+    request_body_timeout: PositiveFloat = 30.0
+    max_request_head_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024  # 431
+    max_header_fields: Annotated[int, Field(ge=8)] = 100  # 431
+    max_uri_bytes: Annotated[int, Field(ge=256)] = 8 * 1024  # 414
+    # On SIGTERM/SIGINT: /readyz answers 503 at once, the listener keeps accepting for
+    # drain_delay seconds (so load balancers take the instance out), then requests in flight
+    # get shutdown_timeout seconds to finish before they are cut.
+    drain_delay: NonNegativeFloat = 5.0
     shutdown_timeout: PositiveFloat = 30.0
 
 
@@ -117,6 +134,9 @@ class UpstreamSettings(Section):
     url: str
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
+    # Seconds for the whole exchange, body included; None: no limit, so streams and long
+    # downloads are never cut by it. Best set per route.
+    total_timeout: PositiveFloat | None = None
     # Send the client's Host header upstream (apps build URLs from it) instead of the upstream's.
     preserve_host: bool = True
     max_connections: Annotated[int, Field(ge=1)] = 1000
@@ -181,6 +201,28 @@ class MetricsSettings(Section):
 class TimeoutOverrides(Section):
     connect_timeout: PositiveFloat | None = None
     read_timeout: PositiveFloat | None = None
+    total_timeout: PositiveFloat | None = None
+
+
+class BodyLimitSettings(Section):
+    # Largest request body accepted, in bytes: a larger declared Content-Length gets 413 before
+    # any byte is read, a chunked body is cut with 413 the moment it passes the limit.
+    max_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+
+
+class BodyLimitOverride(Section):
+    max_bytes: Annotated[int, Field(ge=0)] | None = None
+
+
+class PathSettings(Section):
+    # Refuse (400) paths with dot-segments, also percent-encoded (/a/%2e%2e/b, /..%2f), encoded
+    # NUL and backslashes: traversal tricks an upstream may decode differently than guardproxy.
+    refuse_traversal: bool = True
+
+
+class ConcurrencySettings(Section):
+    # Requests in flight per worker; beyond it: 503 with Retry-After, without touching the upstream.
+    max_in_flight: Annotated[int, Field(ge=1)] = 1000
 
 
 class RouteSettings(Section):
@@ -188,6 +230,7 @@ class RouteSettings(Section):
     path: str
     methods: list[str] | None = None
     upstream: TimeoutOverrides = TimeoutOverrides()
+    body_limit: BodyLimitOverride = BodyLimitOverride()
 
     @field_validator("path")
     @classmethod
@@ -226,6 +269,9 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     admin: AdminSettings = AdminSettings()
     request_id: RequestIdSettings = RequestIdSettings()
+    body_limit: BodyLimitSettings = BodyLimitSettings()
+    paths: PathSettings = PathSettings()
+    concurrency: ConcurrencySettings = ConcurrencySettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []

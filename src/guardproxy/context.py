@@ -26,9 +26,12 @@ class RequestContext:
     # W3C trace context to send upstream; empty when the request carries none we can continue.
     traceparent: bytes = b""
     tracestate: bytes = b""
-    # Set by the forwarder for the access log and metrics: how the exchange ended.
+    # How the exchange ended, for logs and metrics: "ok", or the guard or failure that ended it.
     outcome: str = "ok"
+    # The response status once the response has started; 0 before.
     status: int = 0
+    # Counted against the in-flight limit (and to be released when the request ends).
+    admitted: bool = False
 
 
 def context_of(scope: Scope) -> RequestContext | None:

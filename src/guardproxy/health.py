@@ -16,6 +16,7 @@ import httpx
 import structlog
 
 from guardproxy.config import UpstreamSettings
+from guardproxy.server.limits import Lifecycle
 from guardproxy.upstream import upstream_origin, upstream_ssl_context
 
 log = structlog.get_logger(component="guardproxy.health")
@@ -32,24 +33,24 @@ class CheckResult:
 
 
 class Readiness:
-    def __init__(self, upstream: UpstreamSettings) -> None:
+    def __init__(self, upstream: UpstreamSettings, lifecycle: Lifecycle) -> None:
         self._settings = upstream.health_check
         self._origin = upstream_origin(upstream)
         self._ssl: ssl.SSLContext | None = upstream_ssl_context(upstream)
         self._url = upstream.url.rstrip("/") + (self._settings.path or "")
         self.upstream = CheckResult(ok=False, detail="not checked yet", checked_at=0.0)
-        self.draining = False
+        self._lifecycle = lifecycle
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
     @property
     def ready(self) -> bool:
-        return self.upstream.ok and not self.draining
+        return self.upstream.ok and not self._lifecycle.draining
 
     def report(self) -> dict[str, object]:
         return {
             "status": "ready" if self.ready else "not_ready",
-            "draining": self.draining,
+            "draining": self._lifecycle.draining,
             "checks": {"upstream": self.upstream.as_json()},
         }
 

@@ -33,6 +33,11 @@ class ProblemType:
 
 BAD_REQUEST = ProblemType("bad-request", 400, "Bad Request")
 REQUEST_TIMEOUT = ProblemType("request-timeout", 408, "Request Timeout")
+URI_TOO_LONG = ProblemType("uri-too-long", 414, "URI Too Long")
+HEADERS_TOO_LARGE = ProblemType("headers-too-large", 431, "Request Header Fields Too Large")
+CONTENT_TOO_LARGE = ProblemType("content-too-large", 413, "Content Too Large")
+BAD_PATH = ProblemType("bad-path", 400, "Bad Request")
+OVERLOADED = ProblemType("overloaded", 503, "Service Unavailable")
 NOT_IMPLEMENTED = ProblemType("not-implemented", 501, "Not Implemented")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal Server Error")
 UPSTREAM_UNAVAILABLE = ProblemType("upstream-unavailable", 502, "Bad Gateway")

@@ -63,6 +63,8 @@ class RoutePolicy:
     name: str
     connect_timeout: float
     read_timeout: float
+    total_timeout: float | None
+    max_body_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

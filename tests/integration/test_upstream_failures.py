@@ -66,7 +66,7 @@ def test_upstream_that_accepts_but_never_reads_is_a_504(start_proxy) -> None:  #
 
     with raw_upstream(handler) as upstream:
         gp = start_proxy(upstream.url, env={"GUARDPROXY_UPSTREAM__READ_TIMEOUT": "0.5"})
-        response = httpx.post(gp.url, content=b"x" * (8 * 1024 * 1024), timeout=10)
+        response = httpx.post(gp.url, content=b"x" * (900 * 1024), timeout=10)
     assert_problem(response, 504, "upstream-timeout")
 
 

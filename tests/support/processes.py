@@ -122,7 +122,9 @@ def start_guardproxy(
     ]
     log_path = log_dir / f"guardproxy-{port}.log"
     log_file = log_path.open("wb")
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # No drain delay unless a test asks for one: most tests stop guardproxy and move on.
+    env = {**os.environ, "GUARDPROXY_SERVER__DRAIN_DELAY": "0", **(env or {})}
+    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     log_file.close()
     proxy = Guardproxy(port, admin_port, process, log_path, args)
 

@@ -91,7 +91,7 @@ def test_problem_head_appends_extra_headers_after_the_fixed_ones() -> None:
 def scope_with(request_id: str | None, path: str = "/orders/7", query: bytes = b"token=s3cret") -> dict[str, Any]:
     scope: dict[str, Any] = {"type": "http", "method": "GET", "path": path, "query_string": query, "headers": []}
     if request_id is not None:
-        context = RequestContext(route=RoutePolicy("default", 5.0, 60.0), client_host="192.0.2.1")
+        context = RequestContext(route=RoutePolicy("default", 5.0, 60.0, None, 1024), client_host="192.0.2.1")
         context.request_id = request_id
         scope[CONTEXT_KEY] = context
     return scope

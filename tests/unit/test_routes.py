@@ -110,14 +110,14 @@ def test_placeholder_matches_exactly_one_nonempty_segment(value: str) -> None:
 
 # --- RouteTable ----------------------------------------------------------------------------------
 
-DEFAULT = RoutePolicy(name="default", connect_timeout=5.0, read_timeout=60.0)
+DEFAULT = RoutePolicy(name="default", connect_timeout=5.0, read_timeout=60.0, total_timeout=None, max_body_bytes=1024)
 
 
 def make_route(name: str, pattern: str, methods: set[str] | None = None) -> Route:
     return Route(
         pattern=compile_path_pattern(pattern),
         methods=frozenset(methods) if methods is not None else None,
-        policy=RoutePolicy(name=name, connect_timeout=1.0, read_timeout=2.0),
+        policy=RoutePolicy(name=name, connect_timeout=1.0, read_timeout=2.0, total_timeout=None, max_body_bytes=1024),
     )
 
 

@@ -6,6 +6,8 @@ A guard is a plain object with up to three hooks, like a structlog processor:
   on_response_start(context, headers)   on every response head, guardproxy's own answers included,
                                         in reverse order (the first guard has the last word)
   on_complete(scope, context)           once the response is done or abandoned: metrics, logs
+  wrap_receive(scope, context, receive) for guards that must see the request body as it streams;
+                                        they refuse by raising RefusedError
 
 Why not one nested ASGI middleware per guard: each nesting level costs a coroutine frame and a
 wrapped `send` per request, measured at ~4 µs each here, and a dozen guards would have cost more
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import structlog
 
 from guardproxy import problems
-from guardproxy.answer import Answer
+from guardproxy.answer import Answer, RefusedError
 from guardproxy.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from guardproxy.context import CONTEXT_KEY, RequestContext
 from guardproxy.proxy.errors import ResponseAbortedError
@@ -40,6 +42,9 @@ class Guard:
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
         return None
+
+    def wrap_receive(self, scope: Scope, context: RequestContext, receive: Receive) -> Receive:
+        return receive
 
 
 def _overrides(guard: Guard, hook: str) -> bool:
@@ -62,6 +67,7 @@ class GuardChain:
             g.on_response_start for g in reversed(self.guards) if _overrides(g, "on_response_start")
         ]
         self._on_complete = [g.on_complete for g in reversed(self.guards) if _overrides(g, "on_complete")]
+        self._wrap_receive = [g.wrap_receive for g in reversed(self.guards) if _overrides(g, "wrap_receive")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +95,13 @@ class GuardChain:
                 if answer is not None:
                     await answer.send(guarded_send)
                     return
+            for wrap in self._wrap_receive:
+                receive = wrap(scope, context, receive)
             await self.app(scope, receive, guarded_send)
+        except RefusedError as refusal:
+            context.outcome = refusal.outcome
+            if not context.status:
+                await refusal.answer.send(guarded_send)
         except ResponseAbortedError:
             # Returning with the response unfinished makes the server cut the connection.
             return

@@ -8,6 +8,7 @@ body can never be mistaken for a complete one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -48,6 +49,21 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context: RequestContext = scope[CONTEXT_KEY]
+        total_timeout = context.route.total_timeout
+        if total_timeout is None:
+            await self._forward(scope, receive, send, context)
+            return
+        try:
+            async with asyncio.timeout(total_timeout):
+                await self._forward(scope, receive, send, context)
+        except TimeoutError:
+            log.warning("upstream exchange exceeded its total timeout", request_id=context.request_id)
+            if context.status:
+                context.outcome = "upstream_timeout"
+                raise ResponseAbortedError from None
+            await self._answer_failure(scope, send, context, UpstreamTimeoutError("total timeout"))
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
         request = self._upstream_request(scope, context, receive)
         try:
             response = await self._transport.send(request)

@@ -25,17 +25,17 @@ import uvicorn
 from guardproxy.admin import build_admin_app
 from guardproxy.app import build_proxy_app
 from guardproxy.asgi import ASGIApp
-from guardproxy.config import Address, Settings
+from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
-from guardproxy.http_protocol import ProxyHttpProtocol
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
+from guardproxy.server.limits import ConnectionLimits, Lifecycle
+from guardproxy.server.protocol import ProxyHttpProtocol
 from guardproxy.upstream import build_pool
 
 log = structlog.get_logger(component="guardproxy.server")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_WORKER_STOP_TIMEOUT = 60.0
 _GC_YOUNG_THRESHOLD = 20_000
 
 
@@ -61,12 +61,21 @@ def bind(address: Address, setting: str) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: ASGIApp, settings: Settings, *, proxy: bool) -> uvicorn.Config:
+def connection_limits(settings: ServerSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        head_timeout=settings.request_head_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+        body_timeout=settings.request_body_timeout,
+        max_head_bytes=settings.max_request_head_bytes,
+        max_header_fields=settings.max_header_fields,
+        max_uri_bytes=settings.max_uri_bytes,
+    )
+
+
+def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=partial(ProxyHttpProtocol, head_timeout=settings.server.request_head_timeout)  # type: ignore[arg-type]
-        if proxy
-        else "httptools",
+        http=http,
         ws="none",
         lifespan="off",
         # Client addresses and X-Forwarded-* are guardproxy's business (trusted proxies only);
@@ -82,19 +91,31 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, *, proxy: bool) -> uvicorn
 
 
 async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
-    """Run one worker until SIGTERM or SIGINT."""
+    """Run one worker until SIGTERM or SIGINT, then drain."""
+    loop = asyncio.get_running_loop()
     pool = build_pool(settings.upstream)
     metrics = ProxyMetrics() if settings.metrics.enabled else None
-    readiness = Readiness(settings.upstream)
-    proxy = _Listener(_uvicorn_config(build_proxy_app(settings, pool, metrics), settings, proxy=True))
-    admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, proxy=False))
+    lifecycle = Lifecycle()
+    readiness = Readiness(settings.upstream, lifecycle)
+    protocol = partial(ProxyHttpProtocol, limits=connection_limits(settings.server), lifecycle=lifecycle)
+    proxy = _Listener(_uvicorn_config(build_proxy_app(settings, pool, metrics), settings, protocol))
+    admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
 
-    def stop() -> None:
-        # Readiness goes first so a load balancer stops sending before the listener closes.
-        readiness.draining = True
+    def stop_accepting() -> None:
+        # uvicorn closes the listener, closes idle connections, lets busy ones finish their
+        # response (within shutdown_timeout) and then returns from serve().
         proxy.should_exit = True
 
-    loop = asyncio.get_running_loop()
+    def stop() -> None:
+        if lifecycle.draining:
+            stop_accepting()  # a second signal: no more waiting for load balancers
+            return
+        # Readiness flips at once, so load balancers stop sending while the listener still
+        # accepts what they already routed here; responses now say Connection: close.
+        lifecycle.draining = True
+        log.info("draining", drain_delay=settings.server.drain_delay, shutdown_timeout=settings.server.shutdown_timeout)
+        loop.call_later(settings.server.drain_delay, stop_accepting)
+
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
     # Every request allocates a few hundred short-lived objects, nearly all freed by reference
@@ -164,6 +185,7 @@ def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: so
         return process
 
     workers = [start_worker() for _ in range(settings.server.workers)]
+    stop_timeout = settings.server.drain_delay + settings.server.shutdown_timeout + 10
     while not stopping:
         time.sleep(0.2)
         for index, process in enumerate(workers):
@@ -174,7 +196,7 @@ def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: so
         if process.is_alive():
             process.terminate()  # SIGTERM: every worker stops on its own
     for process in workers:
-        process.join(_WORKER_STOP_TIMEOUT)
+        process.join(stop_timeout)
         if process.is_alive():
             log.error("worker did not stop in time; killing it", pid=process.pid)
             process.kill()

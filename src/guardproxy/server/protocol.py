@@ -4,7 +4,8 @@ uvicorn still runs the process: listeners, connection tracking, graceful shutdow
 The proxy listener's per-connection protocol is guardproxy's own because measurements decided
 it (bench/, README "Performance"): uvicorn's httptools protocol spent ~25 µs of CPU per request
 here, more than the whole guard chain, on work a proxy does not need (a regex over every response
-header guardproxy already validated, an asyncio.Event per request, a second write per response).
+header guardproxy already validated, timers armed and cancelled per request, two writes per
+response).
 
 Parsing is httptools (llhttp), which refuses Content-Length with Transfer-Encoding, duplicate or
 signed Content-Length, bad chunk sizes, bare CR/LF, NUL and obs-fold (RFC 9112 §6.1, §6.3). On
@@ -13,9 +14,9 @@ top of it this module:
   its framing can no longer be trusted;
 - refuses a transfer coding other than exactly `chunked` before any guard sees the request
   (decoded chunks under a dropped gzip coding would reach the upstream corrupted);
-- sends a response head and its first body chunk in one write;
-- closes idle keep-alive connections, and connections whose request head does not arrive in
-  time (uvicorn restarts its timer on every byte, so a client dripping bytes was never cut);
+- limits the request line (414), the head's size and field count (431);
+- enforces deadlines that trickling bytes cannot extend: the request head (408), body progress
+  (408), idle keep-alive;
 - raises OSError from `send` once the client is gone (ASGI 2.4), so a long download stops
   reading from the upstream at once.
 """
@@ -23,7 +24,6 @@ top of it this module:
 from __future__ import annotations
 
 import asyncio
-import http
 from collections import deque
 from typing import Any, cast
 from urllib.parse import unquote
@@ -33,27 +33,14 @@ import structlog
 import uvicorn
 
 from guardproxy import problems
-from guardproxy.asgi import ASGIApp, Headers, Message
+from guardproxy.asgi import ASGIApp, Headers
 from guardproxy.guards.request_id import new_request_id
+from guardproxy.server.exchange import Exchange, status_line
+from guardproxy.server.limits import ConnectionLimits, Lifecycle
 
 log = structlog.get_logger(component="guardproxy.server")
 
-_STATUS_LINES = {
-    status: b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode("ascii"))
-    for status in range(100, 600)
-    if status in http.HTTPStatus._value2member_map_
-}
 _HIGH_WATER = 256 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
-
-
-class ClientDisconnectedError(OSError):
-    """Raised by `send` when the client has gone away (ASGI 2.4 asks for an OSError)."""
 
 
 class _RequestRefused(Exception):
@@ -70,7 +57,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         app_state: dict[str, Any] | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
         *,
-        head_timeout: float = 10.0,
+        limits: ConnectionLimits | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
@@ -78,8 +66,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.connections: set[Any] = server_state.connections
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
-        self.keep_alive_timeout = float(config.timeout_keep_alive)
-        self.head_timeout = head_timeout
+        self.limits = limits or ConnectionLimits()
+        self.lifecycle = lifecycle or Lifecycle()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
@@ -88,8 +76,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False
-        # One lazily re-armed timer per connection enforces the keep-alive and head deadlines:
-        # a request only moves `_waiting_since`, it never arms or cancels a timer itself.
+        # One lazily re-armed timer per connection enforces every deadline: a request only
+        # moves timestamps, it never arms or cancels a timer itself.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._waiting_since = 0.0
@@ -98,11 +86,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self._refused = False
         self._closing = False
         # The exchange being answered, then any pipelined ones waiting behind it.
-        self._exchanges: deque[_Exchange] = deque()
+        self._exchanges: deque[Exchange] = deque()
         # The exchange whose bytes the parser is currently reading (the newest one).
-        self._parsing: _Exchange | None = None
+        self._parsing: Exchange | None = None
         self._url = b""
         self._headers: Headers = []
+        self._head_bytes = 0
+        self._head_raw = 0
         self._expect_continue = False
 
     # asyncio.Protocol
@@ -130,6 +120,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        head_was_incomplete = self._head_started
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -139,6 +130,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._refused:
                 self._refuse(problems.BAD_REQUEST, _parser_detail(exc))
+            return
+        if self._head_started:
+            # The head is still incomplete. llhttp buffers a partial field without limit, so its
+            # size is checked here too, not only in on_header: these are (at most) head bytes.
+            self._head_raw = (self._head_raw if head_was_incomplete else 0) + len(data)
+            if self._head_raw > self.limits.max_head_bytes:
+                self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.")
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read our answer; the exchange decides when to close.
@@ -156,6 +154,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_bytes = 0
         self._expect_continue = False
         if not self._exchanges:
             # The keep-alive wait is over. The head is due `head_timeout` after the connection
@@ -165,14 +164,25 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_uri_bytes:
+            self._refuse(problems.URI_TOO_LONG, "The request target is too long.")
+            raise _RequestRefused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes + len(self._url) > self.limits.max_head_bytes:
+            self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.")
+            raise _RequestRefused
+        if len(self._headers) >= self.limits.max_header_fields:
+            self._refuse(problems.HEADERS_TOO_LARGE, "The request has too many header fields.")
+            raise _RequestRefused
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_started = False
         headers = self._headers
         for name, value in headers:
             if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
@@ -184,6 +194,12 @@ class ProxyHttpProtocol(asyncio.Protocol):
                 else:
                     self._refuse(problems.BAD_REQUEST, "Invalid Transfer-Encoding.")
                 raise _RequestRefused
+        parser = self.parser
+        http_version = parser.get_http_version()
+        if http_version not in ("1.1", "1.0"):
+            # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
+            self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
+            raise _RequestRefused
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -193,12 +209,6 @@ class ProxyHttpProtocol(asyncio.Protocol):
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        parser = self.parser
-        http_version = parser.get_http_version()
-        if http_version not in ("1.1", "1.0"):
-            # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
-            self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
-            raise _RequestRefused
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -214,7 +224,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
-        exchange = _Exchange(self, scope, keep_alive=keep_alive, expect_continue=self._expect_continue)
+        exchange = Exchange(self, scope, keep_alive=keep_alive, expect_continue=self._expect_continue)
         self._parsing = exchange
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
@@ -242,7 +252,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         for exchange in self._exchanges:
             exchange.keep_alive = False
 
-    # used by _Exchange
+    # used by Exchange
 
     async def drain(self) -> None:
         while self.write_paused and self.transport is not None and not self.transport.is_closing():
@@ -256,7 +266,11 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()
 
-    def exchange_done(self, exchange: _Exchange) -> None:
+    def waiting_for_body(self) -> None:
+        """The application waits for request body bytes: the body deadline applies now."""
+        self._ensure_timer()
+
+    def exchange_done(self, exchange: Exchange) -> None:
         """Called once an exchange's response is complete: start the next one, or wait."""
         self._exchanges.popleft()
         if self.transport is None or self.transport.is_closing():
@@ -276,7 +290,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     # internals
 
-    def _start(self, exchange: _Exchange) -> None:
+    def _start(self, exchange: Exchange) -> None:
         task = self.loop.create_task(exchange.run(self.app))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -293,10 +307,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def _deadline(self) -> float | None:
         if self._exchanges:
-            return None  # a request is being answered; its own timeouts apply
+            exchange = self._exchanges[0]
+            if exchange.waiting_for_body:
+                return exchange.body_progress_at + self.limits.body_timeout
+            return None  # the application is working; the upstream timeouts apply
         if self._fresh or self._head_started:
-            return self._waiting_since + self.head_timeout
-        return self._waiting_since + self.keep_alive_timeout
+            return self._waiting_since + self.limits.head_timeout
+        return self._waiting_since + self.limits.keep_alive_timeout
 
     def _ensure_timer(self) -> None:
         """Make sure a timer fires no later than the current deadline. Under steady traffic the
@@ -314,10 +331,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline()
-        if deadline is None or self.transport is None:
+        if deadline is None or self.transport is None or self.transport.is_closing():
             return
         if self.loop.time() < deadline:
             self._ensure_timer()
+        elif self._exchanges:
+            log.info("request body stalled", client=self.client[0] if self.client else None)
+            self._exchanges[0].body_stalled()
         elif self._fresh or self._head_started:
             log.info("request head not received in time", client=self.client[0] if self.client else None)
             self._refuse(problems.REQUEST_TIMEOUT, "The request head did not arrive in time.")
@@ -331,7 +351,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             return
         request_id = new_request_id()
         log.warning(
-            "malformed request refused",
+            "request refused",
             request_id=request_id,
             status=problem.status,
             detail=detail,
@@ -348,220 +368,9 @@ class ProxyHttpProtocol(asyncio.Protocol):
                 return
         body = problems.render_problem(problem, detail, request_id=request_id)
         head = problems.problem_head(body, [(b"x-request-id", request_id.encode()), (b"connection", b"close")])
-        self.transport.write(
-            b"".join([_status_line(problem.status), *(b"%s: %s\r\n" % f for f in head), b"\r\n", body])
-        )
+        fields = [b"%s: %s\r\n" % field for field in head]
+        self.transport.write(b"".join([status_line(problem.status), *fields, b"\r\n", body]))
         self.transport.close()
-
-
-class _Exchange:
-    """One request and its response: the ASGI `receive` and `send` for a single request."""
-
-    __slots__ = (
-        "_body",
-        "_body_waiter",
-        "_chunked",
-        "_expect_continue",
-        "_held_head",
-        "_more_body",
-        "_protocol",
-        "_remaining",
-        "_transport",
-        "disconnected",
-        "keep_alive",
-        "response_complete",
-        "response_started",
-        "scope",
-    )
-
-    def __init__(self, protocol: ProxyHttpProtocol, scope: dict[str, Any], *, keep_alive: bool, expect_continue: bool):
-        self._protocol = protocol
-        self._transport = cast(asyncio.Transport, protocol.transport)
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self._expect_continue = expect_continue
-        self._body: deque[bytes] = deque()
-        self._more_body = True
-        self._body_waiter: asyncio.Future[None] | None = None
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
-        self._held_head: bytes | None = None
-        self._chunked = False
-        self._remaining: int | None = None
-
-    @property
-    def body_complete(self) -> bool:
-        return not self._more_body
-
-    # fed by the protocol
-
-    def feed_body(self, data: bytes) -> int:
-        self._body.append(data)
-        self._wake()
-        return sum(map(len, self._body)) if len(self._body) > 1 else len(data)
-
-    def end_body(self) -> None:
-        self._more_body = False
-        self._wake()
-
-    def client_gone(self) -> None:
-        self.disconnected = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._body_waiter
-        if waiter is not None:
-            self._body_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # ASGI
-
-    async def run(self, app: ASGIApp) -> None:
-        if self.disconnected:
-            # Refused (a broken body in the same packet as its head) or gone before the task
-            # started: nothing of this request goes anywhere.
-            self._abort()
-            return
-        try:
-            await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            # Shutdown ran out of grace time: cut the connection, never fake a response.
-            self._abort()
-            raise
-        except BaseException as exc:
-            if not self.response_started:
-                log.error("unhandled error before the response", exc_info=exc)
-                if not self.disconnected:
-                    await self._send_internal_error()
-            else:
-                log.error("unhandled error during the response", exc_info=exc)
-            if not self.response_complete:
-                self._abort()
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            if not self.response_complete:
-                # The application gave up mid-response (guardproxy does so on purpose when the
-                # upstream fails mid-body): cut the connection so the client sees a truncated
-                # response as truncated, never as complete.
-                self._abort()
-
-    async def receive(self) -> Message:
-        if self._expect_continue:
-            self._expect_continue = False
-            if not self.response_started and not self._transport.is_closing():
-                self._transport.write(_CONTINUE)
-        while not self._body and self._more_body and not self.disconnected:
-            self._protocol.resume_reading()
-            self._body_waiter = self._protocol.loop.create_future()
-            await self._body_waiter
-        if self.disconnected or self.response_complete:
-            return {"type": "http.disconnect"}
-        if len(self._body) == 1:
-            body = self._body.popleft()
-        else:
-            body = b"".join(self._body)
-            self._body.clear()
-        self._protocol.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self._more_body}
-
-    async def send(self, message: Message) -> None:
-        if self.disconnected:
-            raise ClientDisconnectedError("client disconnected")
-        if not self.response_started:
-            if message["type"] != "http.response.start":
-                raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
-            self._start_response(message["status"], message.get("headers", ()))
-            return
-        if self.response_complete or message["type"] != "http.response.body":
-            raise RuntimeError(f"unexpected ASGI message {message['type']!r}")
-        body: bytes = message.get("body", b"")
-        more_body: bool = message.get("more_body", False)
-        out = self._frame(body, more_body)
-        held, self._held_head = self._held_head, None
-        if held is not None:
-            out = held + out
-        if out:
-            self._transport.write(out)
-        if not more_body:
-            self._finish()
-        elif self._protocol.write_paused:
-            await self._protocol.drain()
-            if self.disconnected:
-                raise ClientDisconnectedError("client disconnected")
-
-    # internals
-
-    def _start_response(self, status: int, headers: Any) -> None:
-        self.response_started = True
-        self._expect_continue = False
-        method = self.scope["method"]
-        lines = [_status_line(status)]
-        content_length: int | None = None
-        for name, value in headers:
-            if name == b"content-length":
-                content_length = int(value)
-            elif name == b"connection" and b"close" in value.lower():
-                self.keep_alive = False
-                continue
-            lines += (name, b": ", value, b"\r\n")
-        body_allowed = method != "HEAD" and status not in _NO_BODY_STATUSES and status >= 200
-        if body_allowed:
-            if content_length is not None:
-                self._remaining = content_length
-            elif self.scope["http_version"] == "1.1":
-                self._chunked = True
-                lines.append(b"transfer-encoding: chunked\r\n")
-            else:
-                # An HTTP/1.0 client learns where the body ends from the connection closing.
-                self.keep_alive = False
-        else:
-            self._remaining = 0
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        # Held for one loop turn: it leaves together with the first body chunk if that comes
-        # right away (the usual case), or alone when the turn ends (a slow stream).
-        self._held_head = b"".join(lines)
-        self._protocol.loop.call_soon(self._flush_head)
-
-    def _frame(self, body: bytes, more_body: bool) -> bytes:
-        if self._chunked:
-            if body:
-                body = b"%x\r\n%b\r\n" % (len(body), body)
-            return body + b"0\r\n\r\n" if not more_body else body
-        if self._remaining == 0 and self.scope["method"] == "HEAD":
-            return b""
-        if self._remaining is not None:
-            self._remaining -= len(body)
-            if self._remaining < 0 or (not more_body and self._remaining != 0):
-                raise RuntimeError("response body does not match its Content-Length")
-        return body
-
-    def _flush_head(self) -> None:
-        held, self._held_head = self._held_head, None
-        if held is not None and not self._transport.is_closing():
-            self._transport.write(held)
-
-    def _finish(self) -> None:
-        self.response_complete = True
-        self._protocol.exchange_done(self)
-
-    def _abort(self) -> None:
-        self.response_complete = True
-        self._flush_head()
-        self._transport.close()
-        self._protocol.exchange_done(self)
-
-    async def _send_internal_error(self) -> None:
-        body = problems.render_problem(
-            problems.INTERNAL_ERROR, "guardproxy could not handle this request.", instance=self.scope["path"]
-        )
-        self.keep_alive = False
-        await self.send({"type": "http.response.start", "status": 500, "headers": problems.problem_head(body)})
-        await self.send({"type": "http.response.body", "body": body})
 
 
 def _parser_detail(exc: httptools.HttpParserError) -> str:

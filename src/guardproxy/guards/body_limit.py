@@ -1,0 +1,40 @@
+"""Request body size limit, per route (checklist item 19).
+
+A declared Content-Length over the limit is refused before a byte of the body is read (and the
+client gets no 100 Continue). A chunked body is counted as it streams and cut the moment it
+passes the limit: the upstream sees its request end unfinished, never a complete one.
+"""
+
+from __future__ import annotations
+
+from guardproxy import problems
+from guardproxy.answer import Answer, RefusedError
+from guardproxy.asgi import Message, Receive, Scope
+from guardproxy.context import RequestContext
+from guardproxy.guards.chain import Guard
+
+_DETAIL = "The request body is larger than this endpoint accepts."
+
+
+class BodyLimitGuard(Guard):
+    def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
+        limit = context.route.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and int(value) > limit:
+                context.outcome = "too_large"
+                return Answer.problem(scope, problems.CONTENT_TOO_LARGE, _DETAIL)
+        return None
+
+    def wrap_receive(self, scope: Scope, context: RequestContext, receive: Receive) -> Receive:
+        limit = context.route.max_body_bytes
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise RefusedError(Answer.problem(scope, problems.CONTENT_TOO_LARGE, _DETAIL), "too_large")
+            return message
+
+        return counting_receive
