@@ -5,6 +5,8 @@ interleaved run (round after round, each proxy in turn), so machine noise hits t
 report uses each proxy's median round. Figures are only meaningful as ratios within one run.
 
 Usage: python bench/run.py [--rounds 3] [--duration 5] [--connections 64]
+       [--variant 'NAME:GUARDPROXY_X=1,GUARDPROXY_Y=2' ...]   more guardproxy instances with
+       other settings (environment variables), measured in the same interleaved rounds
 Needs: wrk and nginx on PATH (Debian packages wrk, nginx-light), guardproxy installed.
 """
 
@@ -78,6 +80,20 @@ def start_nginx(template: str, workdir: Path, name: str, **ports: int) -> subpro
     return subprocess.Popen(["nginx", "-c", str(config), "-p", str(workdir)], stderr=subprocess.DEVNULL)
 
 
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = spec.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    return name, env
+
+
+def start_guardproxy(upstream: str, port: int, admin_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "guardproxy", "run", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+        "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, env={**os.environ, "PYTHONOPTIMIZE": "1", **env})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -85,6 +101,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the Starlette + httpx proxy")
     parser.add_argument("--path", default="/", help="request path [/]")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE,...")
     options = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -93,6 +110,7 @@ def main() -> int:
 
     names = ("upstream_port", "nginx_port", "guardproxy_port", "admin_port", "naive_port")
     ports = {name: free_port() for name in names}
+    variants = [parse_variant(spec) for spec in options.variant]
     upstream = f"http://127.0.0.1:{ports['upstream_port']}"
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
@@ -100,29 +118,15 @@ def main() -> int:
         try:
             processes.append(start_nginx("nginx-upstream.conf", workdir, "upstream", **ports))
             processes.append(start_nginx("nginx-proxy.conf", workdir, "proxy", **ports))
-            processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "guardproxy",
-                        "run",
-                        "--upstream",
-                        upstream,
-                        "--listen",
-                        f"127.0.0.1:{ports['guardproxy_port']}",
-                        "--admin-listen",
-                        f"127.0.0.1:{ports['admin_port']}",
-                        "--log-level",
-                        "warning",
-                    ],
-                    env={**os.environ, "PYTHONOPTIMIZE": "1"},
-                )
-            )
+            processes.append(start_guardproxy(upstream, ports["guardproxy_port"], ports["admin_port"], {}))
             targets = [
                 Target("nginx", f"http://127.0.0.1:{ports['nginx_port']}{options.path}"),
                 Target("guardproxy", f"http://127.0.0.1:{ports['guardproxy_port']}{options.path}"),
             ]
+            for name, env in variants:
+                port = free_port()
+                processes.append(start_guardproxy(upstream, port, free_port(), env))
+                targets.append(Target(f"guardproxy {name}", f"http://127.0.0.1:{port}{options.path}"))
             if not options.skip_naive:
                 naive = [sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])]
                 processes.append(subprocess.Popen(naive))
@@ -149,8 +153,9 @@ def main() -> int:
     for target in targets:
         rps = statistics.median(target.rps)
         print(f"{target.name:<24}{rps:>10.0f}{statistics.median(target.p99_ms):>10.2f}{rps / nginx_rps:>10.2f}")
-    if len(targets) > 2:
-        print(f"guardproxy / naive: {guard_rps / statistics.median(targets[2].rps):.1f}x")
+    naive = [target for target in targets if target.name.startswith("naive")]
+    if naive:
+        print(f"guardproxy / naive: {guard_rps / statistics.median(naive[0].rps):.1f}x")
     return 0
 
 
