@@ -54,14 +54,16 @@ class Target:
     url: str
     rps: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    bytes_per_response: list[float] = field(default_factory=list)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, duration: float, connections: int) -> tuple[float, float]:
+def run_wrk(url: str, duration: float, connections: int, headers: list[str]) -> tuple[float, float, float]:
+    header_args = [arg for header in headers for arg in ("-H", header)]
     output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", *header_args, url],
         check=True,
         capture_output=True,
         text=True,
@@ -71,13 +73,29 @@ def run_wrk(url: str, duration: float, connections: int) -> tuple[float, float]:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         raise RuntimeError(f"{url}: {non_2xx.group(1)} error responses during the run")
-    return rps, float(value) * _UNITS[unit]
+    requests, amount, size_unit = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", output).groups()  # type: ignore[union-attr]
+    read = float(amount) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[size_unit]
+    return rps, float(value) * _UNITS[unit], read / int(requests)
 
 
 def start_nginx(template: str, workdir: Path, name: str, **ports: int) -> subprocess.Popen[bytes]:
     config = workdir / f"{name}.conf"
     config.write_text((BENCH_DIR / template).read_text().format(workdir=workdir, **ports))
     return subprocess.Popen(["nginx", "-c", str(config), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+
+
+def sample_json(size: int) -> bytes:
+    """A JSON array of API-like records, about `size` bytes: what a list endpoint returns."""
+    records = []
+    index = 0
+    while sum(map(len, records)) < size:
+        active = "true" if index % 3 == 0 else "false"
+        records.append(
+            f'{{"id":{index},"name":"user-{index}","email":"user{index}@example.com","active":{active},'
+            f'"score":{index * 7 % 1000},"tags":["alpha","beta"]}}'
+        )
+        index += 1
+    return ("[" + ",".join(records) + "]").encode()
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -94,15 +112,22 @@ def start_guardproxy(upstream: str, port: int, admin_port: int, env: dict[str, s
     return subprocess.Popen(command, env={**os.environ, "PYTHONOPTIMIZE": "1", **env})
 
 
-def main() -> int:
+def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the Starlette + httpx proxy")
-    parser.add_argument("--path", default="/", help="request path [/]")
+    parser.add_argument("--path", default="/", help="request path [/]; /json60k is a 60 KB JSON document")
+    parser.add_argument(
+        "--header", action="append", default=[], help="request header for wrk, e.g. 'Accept-Encoding: gzip'"
+    )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE,...")
-    options = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    options = parse_options()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
@@ -115,6 +140,8 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx workers (user nobody) serve the sample document from here
+        (workdir / "json60k.json").write_bytes(sample_json(60_000))
         try:
             processes.append(start_nginx("nginx-upstream.conf", workdir, "upstream", **ports))
             processes.append(start_nginx("nginx-proxy.conf", workdir, "proxy", **ports))
@@ -134,12 +161,15 @@ def main() -> int:
             wait_for(upstream)
             for target in targets:
                 wait_for(target.url)
-                run_wrk(target.url, 1, options.connections)  # warm-up: pools, caches, JIT-free but still
+                run_wrk(
+                    target.url, 1, options.connections, options.header
+                )  # warm-up: pools, caches, JIT-free but still
             for _ in range(options.rounds):
                 for target in targets:
-                    rps, p99 = run_wrk(target.url, options.duration, options.connections)
+                    rps, p99, size = run_wrk(target.url, options.duration, options.connections, options.header)
                     target.rps.append(rps)
                     target.p99_ms.append(p99)
+                    target.bytes_per_response.append(size)
         finally:
             for process in processes:
                 process.terminate()
@@ -149,10 +179,12 @@ def main() -> int:
     nginx_rps = statistics.median(targets[0].rps)
     guard_rps = statistics.median(targets[1].rps)
     print(f"wrk -t1 -c{options.connections} -d{options.duration:g}s, {options.rounds} interleaved rounds, median")
-    print(f"{'proxy':<24}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}")
+    print(f"{'proxy':<24}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}{'bytes/resp':>12}")
     for target in targets:
         rps = statistics.median(target.rps)
-        print(f"{target.name:<24}{rps:>10.0f}{statistics.median(target.p99_ms):>10.2f}{rps / nginx_rps:>10.2f}")
+        p99 = statistics.median(target.p99_ms)
+        size = statistics.median(target.bytes_per_response)
+        print(f"{target.name:<24}{rps:>10.0f}{p99:>10.2f}{rps / nginx_rps:>10.2f}{size:>12.0f}")
     naive = [target for target in targets if target.name.startswith("naive")]
     if naive:
         print(f"guardproxy / naive: {guard_rps / statistics.median(naive[0].rps):.1f}x")

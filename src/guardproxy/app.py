@@ -10,6 +10,7 @@ from guardproxy.asgi import ASGIApp
 from guardproxy.config import BodyLimitOverride, Settings, TimeoutOverrides
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
+from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
@@ -57,6 +58,19 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
+    if settings.compression.enabled:
+        # Last: it sees response heads after every other guard has set its headers.
+        compression = settings.compression
+        guards.append(
+            CompressionGuard(
+                algorithms=compression.algorithms,
+                min_size=compression.min_size,
+                media_types=compression.media_types,
+                gzip_level=compression.gzip_level,
+                brotli_quality=compression.brotli_quality,
+                zstd_level=compression.zstd_level,
+            )
+        )
     return guards
 
 

@@ -184,6 +184,36 @@ class RequestIdSettings(Section):
     trust_incoming: bool = True
 
 
+class CompressionSettings(Section):
+    enabled: bool = True
+    # Codings offered, in the server's order of preference (used when the client's q-values tie).
+    algorithms: list[Literal["br", "zstd", "gzip"]] = ["br", "zstd", "gzip"]
+    # Bodies of known length below this many bytes are sent as they are.
+    min_size: Annotated[int, Field(ge=0)] = 1024
+    # Media types worth compressing; `*` matches within a type part (text/*, application/*+json).
+    media_types: list[str] = [
+        "application/json",
+        "application/*+json",
+        "application/problem+json",
+        "application/javascript",
+        "application/xml",
+        "application/*+xml",
+        "application/x-ndjson",
+        "image/svg+xml",
+        "text/*",
+    ]
+    gzip_level: Annotated[int, Field(ge=1, le=9)] = 5
+    brotli_quality: Annotated[int, Field(ge=0, le=11)] = 4
+    zstd_level: Annotated[int, Field(ge=1, le=19)] = 3
+
+    @field_validator("algorithms")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list each of br, zstd, gzip at most once, and at least one")
+        return value
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     format: Literal["json", "console"] = "json"
@@ -272,6 +302,7 @@ class Settings(BaseSettings):
     body_limit: BodyLimitSettings = BodyLimitSettings()
     paths: PathSettings = PathSettings()
     concurrency: ConcurrencySettings = ConcurrencySettings()
+    compression: CompressionSettings = CompressionSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []

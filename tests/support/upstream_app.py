@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import sys
 from typing import Any
 from urllib.parse import parse_qs
@@ -123,6 +124,28 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:  # noqa: PLR0912 -
     elif path == "/slow":
         await asyncio.sleep(float(query.get("delay", "2")))
         await _json(send, {"slow": True})
+    elif path == "/payload":
+        # A configurable response: size bytes of repetitive JSON-ish text (or random bytes with
+        # random=1), a media type, extra headers (h=name:value), chunked when chunked=1.
+        size = int(query.get("size", "4096"))
+        body = (
+            random.Random(size).randbytes(size)
+            if query.get("random")
+            else (b'{"item":"compressible value"},' * (size // 30 + 1))[:size]
+        )
+        headers = [(b"content-type", query.get("type", "application/json").encode())]
+        for pair in parse_qs(scope["query_string"].decode("latin-1")).get("h", []):
+            name, _, value = pair.partition(":")
+            headers.append((name.strip().lower().encode(), value.strip().encode()))
+        status = int(query.get("status", "200"))
+        if query.get("chunked"):
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            for start in range(0, size, 10000):
+                await send({"type": "http.response.body", "body": body[start : start + 10000], "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            headers.append((b"content-length", str(size).encode()))
+            await _respond(send, status, headers, body)
     elif path == "/chunked":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for piece in (b"one,", b"two,", b"three"):
