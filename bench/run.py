@@ -6,7 +6,8 @@ report uses each proxy's median round. Figures are only meaningful as ratios wit
 
 Usage: python bench/run.py [--rounds 3] [--duration 5] [--connections 64]
        [--variant 'NAME:GUARDPROXY_X=1,GUARDPROXY_Y=2' ...]   more guardproxy instances with
-       other settings (environment variables), measured in the same interleaved rounds
+       other settings (environment variables; PYTHON=path picks the interpreter, PYTHONPATH=src
+       of another checkout runs other code), measured in the same interleaved rounds
 Needs: wrk and nginx on PATH (Debian packages wrk, nginx-light), guardproxy installed.
 """
 
@@ -105,8 +106,10 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def start_guardproxy(upstream: str, port: int, admin_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = dict(env)
+    python = env.pop("PYTHON", sys.executable)  # a variant may run another interpreter (its venv's python)
     command = [
-        sys.executable, "-m", "guardproxy", "run", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+        python, "-m", "guardproxy", "run", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
         "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "warning",
     ]  # fmt: skip
     return subprocess.Popen(command, env={**os.environ, "PYTHONOPTIMIZE": "1", **env})
