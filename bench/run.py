@@ -159,7 +159,7 @@ def main() -> int:
                 targets.append(Target(f"guardproxy {name}", f"http://127.0.0.1:{port}{options.path}"))
             if not options.skip_naive:
                 naive = [sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])]
-                processes.append(subprocess.Popen(naive))
+                processes.append(subprocess.Popen(naive, stderr=subprocess.DEVNULL))  # its tracebacks are noise
                 targets.append(Target("naive starlette+httpx", f"http://127.0.0.1:{ports['naive_port']}{options.path}"))
             wait_for(upstream)
             for target in targets:

@@ -7,13 +7,14 @@ the ones above it have established.
 from __future__ import annotations
 
 from guardproxy.asgi import ASGIApp
-from guardproxy.config import BodyLimitOverride, Settings, TimeoutOverrides
+from guardproxy.config import BodyLimitOverride, SecurityHeadersSettings, Settings, TimeoutOverrides
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
+from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
 from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
@@ -46,12 +47,29 @@ def build_route_table(settings: Settings) -> RouteTable:
     return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME, TimeoutOverrides(), BodyLimitOverride()))
 
 
+def security_headers_guard(settings: SecurityHeadersSettings) -> SecurityHeadersGuard:
+    hsts = settings.hsts
+    return SecurityHeadersGuard(
+        preset=settings.preset,
+        set_headers=settings.set,
+        drop=settings.drop,
+        upstream_wins=settings.upstream_wins,
+        remove=settings.remove,
+        hsts=hsts_value(hsts.max_age, include_subdomains=hsts.include_subdomains, preload=hsts.preload)
+        if hsts.enabled
+        else None,
+    )
+
+
 def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives."""
     guards: list[Guard] = []
     if metrics is not None:
         guards.append(MetricsGuard(metrics=metrics))  # first, so it sees every outcome
+    if settings.security_headers.enabled:
+        # Early in the list, so its response hook runs last: the final word on response headers.
+        guards.append(security_headers_guard(settings.security_headers))
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
     guards.append(ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight))

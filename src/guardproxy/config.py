@@ -178,6 +178,50 @@ class UpstreamSettings(Section):
         return value
 
 
+class HstsSettings(Section):
+    # Sent only on responses to requests that arrived over HTTPS (directly or per a trusted proxy).
+    enabled: bool = True
+    max_age: Annotated[int, Field(ge=0)] = 31_536_000  # one year
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+class SecurityHeadersSettings(Section):
+    enabled: bool = True
+    # api: nothing may be framed, embedded or loaded (JSON APIs); web: for services serving HTML;
+    # none: only what `set` adds.
+    preset: Literal["api", "web", "none"] = "api"
+    # Headers to add or override, e.g. {"Content-Security-Policy": "default-src 'self'"}.
+    set: dict[str, str] = {}
+    # Preset headers not to send.
+    drop: list[str] = []
+    # When the upstream sends one of these headers itself: keep its value (true) or replace it
+    # with guardproxy's (false).
+    upstream_wins: bool = False
+    # Response headers removed: version banners that help attackers pick exploits.
+    remove: list[str] = [
+        "server",
+        "x-powered-by",
+        "x-aspnet-version",
+        "x-aspnetmvc-version",
+        "x-runtime",
+        "x-generator",
+        "x-drupal-cache",
+        "x-varnish",
+    ]
+    hsts: HstsSettings = HstsSettings()
+
+    @field_validator("set")
+    @classmethod
+    def _valid_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, field_value in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name):
+                raise ValueError(f"not a header name: {name!r}")
+            if not field_value.isprintable() or not field_value.isascii():
+                raise ValueError(f"header {name!r}: value must be printable ASCII")
+        return value
+
+
 class RequestIdSettings(Section):
     # Keep a well-formed incoming X-Request-ID (set False when clients are not trusted to choose
     # the ID that appears in your logs).
@@ -299,6 +343,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     admin: AdminSettings = AdminSettings()
     request_id: RequestIdSettings = RequestIdSettings()
+    security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
     body_limit: BodyLimitSettings = BodyLimitSettings()
     paths: PathSettings = PathSettings()
     concurrency: ConcurrencySettings = ConcurrencySettings()

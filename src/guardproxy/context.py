@@ -21,6 +21,8 @@ CONTEXT_KEY = "guardproxy.context"
 class RequestContext:
     route: RoutePolicy
     client_host: str
+    # The scheme the client used: the listener's, or what a trusted proxy in front reported.
+    scheme: str = "http"
     started_at: float = field(default_factory=time.perf_counter)
     request_id: str = ""
     # W3C trace context to send upstream; empty when the request carries none we can continue.

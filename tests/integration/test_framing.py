@@ -13,7 +13,14 @@ import orjson
 import pytest
 
 from tests.support.processes import Guardproxy
-from tests.support.raw import RawUpstream, parse_responses, raw_exchange, raw_upstream, read_request_head
+from tests.support.raw import (
+    RawUpstream,
+    parse_responses,
+    raw_exchange,
+    raw_upstream,
+    read_request_head,
+    read_until_close,
+)
 
 
 @pytest.fixture
@@ -112,10 +119,7 @@ def test_bad_chunk_after_a_good_one_never_completes_upstream(start_proxy) -> Non
             sock.sendall(data)
             time.sleep(0.3)
             sock.sendall(b"zz\r\nbroken\r\n0\r\n\r\n")
-            sock.settimeout(5)
-            response = b""
-            while chunk := sock.recv(65536):
-                response += chunk
+            response = read_until_close(sock)
         deadline = time.monotonic() + 5
         while not bodies and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -179,12 +183,6 @@ def test_request_with_unread_body_closes_after_early_response(start_proxy) -> No
         head = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
         with socket.create_connection(("127.0.0.1", gp.port), timeout=5) as sock:
             sock.sendall(head + body[:1000])
-            response = b""
-            sock.settimeout(5)
-            try:
-                while chunk := sock.recv(65536):
-                    response += chunk
-            except ConnectionResetError:
-                pass
+            response = read_until_close(sock)
     parsed = parse_responses(response)
     assert [r.status for r in parsed] == [413]

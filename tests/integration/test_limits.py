@@ -13,7 +13,15 @@ import orjson
 import pytest
 
 from tests.support.processes import Guardproxy
-from tests.support.raw import RawUpstream, parse_responses, raw_exchange, raw_upstream, read_request_head, request_bytes
+from tests.support.raw import (
+    RawUpstream,
+    parse_responses,
+    raw_exchange,
+    raw_upstream,
+    read_request_head,
+    read_until_close,
+    request_bytes,
+)
 
 
 def problem_of(response: httpx.Response, status: int, slug: str) -> dict:  # type: ignore[type-arg]
@@ -97,12 +105,7 @@ def test_chunked_body_is_cut_the_moment_it_passes_the_limit(start_proxy, body_re
             if response:
                 sent_after_refusal.append(1)
                 break
-        sock.settimeout(5)
-        try:
-            while chunk := sock.recv(65536):
-                response += chunk
-        except OSError:
-            pass
+        response += read_until_close(sock)
     parsed = parse_responses(response)
     assert parsed[0].status == 413
     assert parsed[0].header(b"connection") == b"close"
@@ -160,12 +163,7 @@ def test_one_endless_header_line_is_cut_at_the_limit(proxy: Guardproxy) -> None:
                 sock.sendall(b"v" * 4096)
         except OSError:
             pass
-        sock.settimeout(5)
-        try:
-            while chunk := sock.recv(65536):
-                response += chunk
-        except OSError:
-            pass
+        response += read_until_close(sock)
     assert parse_responses(response)[0].status == 431
 
 
@@ -182,13 +180,7 @@ def test_request_body_that_stops_arriving_gets_408(start_proxy, body_recorder) -
     with socket.create_connection(("127.0.0.1", gp.port), timeout=5) as sock:
         sock.sendall(request_bytes("POST", "/upload", [("Content-Length", "10")], b"01234"))
         started = time.monotonic()
-        sock.settimeout(5)
-        response = b""
-        try:
-            while chunk := sock.recv(65536):
-                response += chunk
-        except OSError:
-            pass
+        response = read_until_close(sock)
         elapsed = time.monotonic() - started
     parsed = parse_responses(response)
     assert parsed[0].status == 408

@@ -83,6 +83,7 @@ class GuardChain:
         context = RequestContext(
             route=self.routes.match(scope["method"], scope["path"]),
             client_host=client[0] if client else "unknown",
+            scheme=scope["scheme"],
         )
         scope[CONTEXT_KEY] = context
         for wrap_send in self._wrap_send:

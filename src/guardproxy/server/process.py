@@ -23,7 +23,7 @@ import structlog
 import uvicorn
 
 from guardproxy.admin import build_admin_app
-from guardproxy.app import build_proxy_app
+from guardproxy.app import build_proxy_app, security_headers_guard
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
@@ -97,7 +97,17 @@ async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: s
     metrics = ProxyMetrics() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
     readiness = Readiness(settings.upstream, lifecycle)
-    protocol = partial(ProxyHttpProtocol, limits=connection_limits(settings.server), lifecycle=lifecycle)
+    answer_headers = (
+        security_headers_guard(settings.security_headers).fixed_headers(https=False)
+        if settings.security_headers.enabled
+        else []
+    )
+    protocol = partial(
+        ProxyHttpProtocol,
+        limits=connection_limits(settings.server),
+        lifecycle=lifecycle,
+        answer_headers=answer_headers,
+    )
     proxy = _Listener(_uvicorn_config(build_proxy_app(settings, pool, metrics), settings, protocol))
     admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
 

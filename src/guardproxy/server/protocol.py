@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -59,6 +60,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         *,
         limits: ConnectionLimits | None = None,
         lifecycle: Lifecycle | None = None,
+        answer_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         if not config.loaded:
             config.load()
@@ -68,6 +70,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
         self.limits = limits or ConnectionLimits()
         self.lifecycle = lifecycle or Lifecycle()
+        # Added to every answer the server gives itself (security headers, for one).
+        self.answer_headers = list(answer_headers)
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
@@ -367,7 +371,9 @@ class ProxyHttpProtocol(asyncio.Protocol):
                 self.transport.close()
                 return
         body = problems.render_problem(problem, detail, request_id=request_id)
-        head = problems.problem_head(body, [(b"x-request-id", request_id.encode()), (b"connection", b"close")])
+        head = problems.problem_head(
+            body, [*self.answer_headers, (b"x-request-id", request_id.encode()), (b"connection", b"close")]
+        )
         fields = [b"%s: %s\r\n" % field for field in head]
         self.transport.write(b"".join([status_line(problem.status), *fields, b"\r\n", body]))
         self.transport.close()

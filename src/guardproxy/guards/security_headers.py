@@ -1,0 +1,105 @@
+"""Security headers on every response, and server banners removed (checklist items 13, 15, 16).
+
+The `api` preset is the Mozilla Observatory A+ set for a JSON API (OWASP Secure Headers
+Project): nothing may be framed, embedded, submitted or loaded from a response. The `web` preset
+loosens it for services that serve their own HTML. HSTS goes only on responses to requests that
+arrived over HTTPS: sent over plain HTTP it is ignored at best and, behind a TLS-terminating
+proxy that guardproxy cannot see, a lie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from guardproxy.asgi import Headers
+from guardproxy.context import RequestContext
+from guardproxy.guards.chain import Guard
+
+_PERMISSIONS = (
+    "accelerometer=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), magnetometer=(), "
+    "microphone=(), payment=(), usb=()"
+)
+
+PRESETS: dict[str, dict[str, str]] = {
+    "api": {
+        "content-security-policy": "default-src 'none'; frame-ancestors 'none'; form-action 'none'",
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+        "cross-origin-resource-policy": "same-origin",
+        "permissions-policy": _PERMISSIONS,
+    },
+    "web": {
+        "content-security-policy": (
+            "default-src 'self'; frame-ancestors 'self'; form-action 'self'; object-src 'none'; base-uri 'self'"
+        ),
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "SAMEORIGIN",
+        "referrer-policy": "strict-origin-when-cross-origin",
+        "cross-origin-opener-policy": "same-origin",
+        "cross-origin-resource-policy": "same-site",
+        "permissions-policy": _PERMISSIONS,
+    },
+    "none": {},
+}
+
+HSTS = b"strict-transport-security"
+
+
+def hsts_value(max_age: int, *, include_subdomains: bool, preload: bool) -> bytes:
+    value = f"max-age={max_age}"
+    if include_subdomains:
+        value += "; includeSubDomains"
+    if preload:
+        value += "; preload"
+    return value.encode("ascii")
+
+
+class SecurityHeadersGuard(Guard):
+    def __init__(
+        self,
+        *,
+        preset: str,
+        set_headers: Mapping[str, str],
+        drop: Iterable[str],
+        upstream_wins: bool,
+        remove: Iterable[str],
+        hsts: bytes | None,
+    ) -> None:
+        fields = {**PRESETS[preset], **{name.lower(): value for name, value in set_headers.items()}}
+        for name in drop:
+            fields.pop(name.lower(), None)
+        self._fields = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
+        self._managed = frozenset(name for name, _ in self._fields) | {HSTS}
+        self._remove = frozenset(name.lower().encode("latin-1") for name in remove)
+        self._upstream_wins = upstream_wins
+        self._hsts = hsts
+
+    def fixed_headers(self, *, https: bool) -> Headers:
+        """The headers for answers given before any request reached the chain (malformed
+        requests refused by the server protocol itself)."""
+        fields = list(self._fields)
+        if https and self._hsts is not None:
+            fields.append((HSTS, self._hsts))
+        return fields
+
+    def on_response_start(self, context: RequestContext, headers: Headers) -> None:
+        kept: Headers = []
+        upstream_set: set[bytes] = set()
+        for field in headers:
+            name = field[0]
+            if name in self._remove:
+                continue  # banners: Server, X-Powered-By, ...
+            if name in self._managed:
+                if not self._upstream_wins:
+                    continue
+                upstream_set.add(name)
+            kept.append(field)
+        kept += [field for field in self._fields if field[0] not in upstream_set]
+        if context.scheme == "https":
+            if self._hsts is not None and HSTS not in upstream_set:
+                kept.append((HSTS, self._hsts))
+        elif HSTS in upstream_set:
+            # Never over plain HTTP, whoever set it (RFC 6797 §7.2).
+            kept = [field for field in kept if field[0] != HSTS]
+        headers[:] = kept

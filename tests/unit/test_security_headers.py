@@ -1,0 +1,78 @@
+"""HSTS only over HTTPS, and the merge rules of the security headers guard."""
+
+from __future__ import annotations
+
+from guardproxy.context import RequestContext
+from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
+from guardproxy.routes import RoutePolicy
+
+ROUTE = RoutePolicy("default", 5.0, 60.0, None, 1024)
+
+
+def guard(**overrides) -> SecurityHeadersGuard:  # type: ignore[no-untyped-def]
+    options = {
+        "preset": "api",
+        "set_headers": {},
+        "drop": [],
+        "upstream_wins": False,
+        "remove": ["server"],
+        "hsts": hsts_value(31536000, include_subdomains=True, preload=False),
+    }
+    return SecurityHeadersGuard(**{**options, **overrides})
+
+
+def respond(g: SecurityHeadersGuard, scheme: str, headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    context = RequestContext(route=ROUTE, client_host="192.0.2.1", scheme=scheme)
+    fields = list(headers)
+    g.on_response_start(context, fields)
+    result: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        result.setdefault(name, []).append(value)
+    return result
+
+
+def test_hsts_over_https_only() -> None:
+    assert respond(guard(), "https", [])[b"strict-transport-security"] == [b"max-age=31536000; includeSubDomains"]
+    assert b"strict-transport-security" not in respond(guard(), "http", [])
+
+
+def test_upstream_hsts_never_leaks_over_http_even_when_the_upstream_wins() -> None:
+    upstream = [(b"strict-transport-security", b"max-age=5")]
+    assert b"strict-transport-security" not in respond(guard(upstream_wins=True), "http", upstream)
+    assert respond(guard(upstream_wins=True), "https", upstream)[b"strict-transport-security"] == [b"max-age=5"]
+    assert respond(guard(), "https", upstream)[b"strict-transport-security"] == [b"max-age=31536000; includeSubDomains"]
+
+
+def test_hsts_can_be_disabled() -> None:
+    assert b"strict-transport-security" not in respond(guard(hsts=None), "https", [])
+
+
+def test_hsts_value_options() -> None:
+    assert (
+        hsts_value(63072000, include_subdomains=True, preload=True) == b"max-age=63072000; includeSubDomains; preload"
+    )
+    assert hsts_value(0, include_subdomains=False, preload=False) == b"max-age=0"
+
+
+def test_end_to_end_headers_and_repeats_survive() -> None:
+    upstream = [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"content-type", b"application/json")]
+    fields = respond(guard(), "http", upstream)
+    assert fields[b"set-cookie"] == [b"a=1", b"b=2"]
+    assert fields[b"content-type"] == [b"application/json"]
+
+
+def test_set_is_case_insensitive_and_overrides_the_preset() -> None:
+    fields = respond(guard(set_headers={"X-Frame-Options": "SAMEORIGIN"}), "http", [])
+    assert fields[b"x-frame-options"] == [b"SAMEORIGIN"]
+
+
+def test_none_preset_sends_only_what_is_set() -> None:
+    fields = respond(guard(preset="none", set_headers={"X-Extra": "1"}, hsts=None), "https", [(b"server", b"x")])
+    assert fields == {b"x-extra": [b"1"]}
+
+
+def test_fixed_headers_for_server_answers() -> None:
+    names = [name for name, _ in guard().fixed_headers(https=False)]
+    assert b"content-security-policy" in names
+    assert b"strict-transport-security" not in names
+    assert b"strict-transport-security" in [name for name, _ in guard().fixed_headers(https=True)]
