@@ -10,8 +10,11 @@ from guardproxy.asgi import ASGIApp
 from guardproxy.config import BodyLimitOverride, SecurityHeadersSettings, Settings, TimeoutOverrides
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
+from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
+from guardproxy.guards.hosts import HostGuard
+from guardproxy.guards.https_redirect import HttpsRedirectGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
@@ -70,7 +73,20 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     if settings.security_headers.enabled:
         # Early in the list, so its response hook runs last: the final word on response headers.
         guards.append(security_headers_guard(settings.security_headers))
+    # Who is asking, and over which scheme and host: every later decision depends on it.
+    guards.append(ClientAddressGuard(trusted=settings.trusted_proxies.cidrs))
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
+    if settings.hosts.allowed:
+        guards.append(HostGuard(allowed=settings.hosts.allowed))
+    if settings.https_redirect.enabled:
+        guards.append(
+            HttpsRedirectGuard(
+                status=settings.https_redirect.status,
+                exempt_paths=settings.https_redirect.exempt_paths,
+                canonical_host=settings.hosts.canonical,
+                hosts_vetted=bool(settings.hosts.allowed),
+            )
+        )
     # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
     guards.append(ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight))
     if settings.paths.refuse_traversal:

@@ -34,6 +34,7 @@ class Flag:
     setting: str  # dotted path in the config file
     help: str
     metavar: str = "VALUE"
+    repeatable: bool = False
 
     @property
     def env(self) -> str:
@@ -48,6 +49,20 @@ FLAGS = (
     ),
     Flag("--workers", "server.workers", "worker processes [1]", "N"),
     Flag("--log-level", "logging.level", "debug, info, warning, error or critical [info]", "LEVEL"),
+    Flag(
+        "--trusted-proxy",
+        "trusted_proxies.cidrs",
+        "believe X-Forwarded-* from this peer (repeatable)",
+        "CIDR",
+        repeatable=True,
+    ),
+    Flag(
+        "--allowed-host",
+        "hosts.allowed",
+        "answer only to this Host; *.example.com for subdomains (repeatable)",
+        "HOST",
+        repeatable=True,
+    ),
 )
 
 
@@ -70,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                 flag.option,
                 dest=flag.setting,
                 metavar=flag.metavar,
-                help=f"{flag.help}; file key {flag.setting}, env {flag.env}",
+                action="append" if flag.repeatable else "store",
+                help=f"{flag.help}; file key {flag.setting}, env {flag.env}"
+                + (" (comma-separated)" if flag.repeatable else ""),
             )
     commands.add_parser("version", help="print the version")
     return parser

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -222,6 +223,76 @@ class SecurityHeadersSettings(Section):
         return value
 
 
+def _comma_separated(value: Any) -> Any:
+    """Lists may come from the environment as `a,b,c` (GUARDPROXY_TRUSTED_PROXIES__CIDRS=...)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+_HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+class TrustedProxySettings(Section):
+    # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host and Forwarded headers are believed.
+    # None by default: then those headers are ignored and not passed on as the client's claim.
+    cidrs: CommaList = []
+
+    @field_validator("cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {cidr!r}") from None
+        return value
+
+
+class HostSettings(Section):
+    # Host names this service answers to; `*.example.com` matches subdomains only. Empty: any.
+    allowed: CommaList = []
+    # The host used in redirect Locations; without it only an allowed Host is ever used.
+    canonical: str | None = None
+
+    @field_validator("allowed")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.lower() for host in value]
+        for host in hosts:
+            if not _HOST_PATTERN.fullmatch(host):
+                raise ValueError(f"not a host name or *.domain pattern: {host!r}")
+        return hosts
+
+    @field_validator("canonical")
+    @classmethod
+    def _canonical(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("*") or not _HOST_PATTERN.fullmatch(value.lower())):
+            raise ValueError(f"not a host name: {value!r}")
+        return value.lower() if value else value
+
+
+class HttpsRedirectSettings(Section):
+    # Behind a trusted TLS-terminating proxy that reports X-Forwarded-Proto: http, redirect to
+    # https:// with the same path and query. Never when the outside scheme is unknown.
+    enabled: bool = True
+    # 308 keeps the method for every request; 301 (GET/HEAD only) or 307 may be chosen instead.
+    status: Literal[301, 307, 308] = 308
+    # Path patterns (route syntax) that are never redirected, e.g. /.well-known/acme-challenge/**.
+    exempt_paths: list[str] = []
+
+    @field_validator("exempt_paths")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                compile_path_pattern(pattern)
+            except PatternError as exc:
+                raise ValueError(f"bad path pattern {pattern!r}: {exc}") from None
+        return value
+
+
 class RequestIdSettings(Section):
     # Keep a well-formed incoming X-Request-ID (set False when clients are not trusted to choose
     # the ID that appears in your logs).
@@ -342,6 +413,9 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings
     server: ServerSettings = ServerSettings()
     admin: AdminSettings = AdminSettings()
+    trusted_proxies: TrustedProxySettings = TrustedProxySettings()
+    hosts: HostSettings = HostSettings()
+    https_redirect: HttpsRedirectSettings = HttpsRedirectSettings()
     request_id: RequestIdSettings = RequestIdSettings()
     security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
     body_limit: BodyLimitSettings = BodyLimitSettings()

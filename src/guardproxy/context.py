@@ -23,6 +23,12 @@ class RequestContext:
     client_host: str
     # The scheme the client used: the listener's, or what a trusted proxy in front reported.
     scheme: str = "http"
+    # True when `scheme` came from a trusted proxy's X-Forwarded-Proto or Forwarded header.
+    scheme_from_proxy: bool = False
+    # The host the client asked for (Host, or X-Forwarded-Host from a trusted proxy), lower-case.
+    host: bytes = b""
+    # The X-Forwarded-For value for the upstream: the trusted chain plus the peer address.
+    forwarded_for: bytes = b""
     started_at: float = field(default_factory=time.perf_counter)
     request_id: str = ""
     # W3C trace context to send upstream; empty when the request carries none we can continue.

@@ -93,12 +93,13 @@ class Forwarder:
                 transfer_encoding = value
         headers += (
             (b"host", host if self._preserve_host and host else self._upstream_authority),
-            (b"x-forwarded-for", context.client_host.encode("ascii")),
-            (b"x-forwarded-proto", scope["scheme"].encode("ascii")),
+            (b"x-forwarded-for", context.forwarded_for or context.client_host.encode("ascii")),
+            (b"x-forwarded-proto", context.scheme.encode("ascii")),
             (b"via", VIA),
         )
-        if host:
-            headers.append((b"x-forwarded-host", host))
+        forwarded_host = context.host or host
+        if forwarded_host:
+            headers.append((b"x-forwarded-host", forwarded_host))
         if context.request_id:
             headers.append((b"x-request-id", context.request_id.encode("ascii")))
         if context.traceparent:
