@@ -6,7 +6,7 @@ the ones above it have established.
 
 from __future__ import annotations
 
-from guardproxy.asgi import ASGIApp
+from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import BodyLimitOverride, SecurityHeadersSettings, Settings, TimeoutOverrides
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
@@ -14,7 +14,7 @@ from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.hosts import HostGuard
-from guardproxy.guards.https_redirect import HttpsRedirectGuard
+from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
@@ -106,6 +106,29 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
             )
         )
     return guards
+
+
+def build_redirect_app(settings: Settings) -> ASGIApp:
+    """The plain-HTTP redirect listener: security headers, request IDs, host check, redirect."""
+    guards: list[Guard] = []
+    if settings.security_headers.enabled:
+        guards.append(security_headers_guard(settings.security_headers))
+    guards.append(ClientAddressGuard(trusted=[]))
+    guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
+    if settings.hosts.allowed:
+        guards.append(HostGuard(allowed=settings.hosts.allowed))
+    guards.append(
+        RedirectEverythingGuard(
+            status=settings.https_redirect.status,
+            canonical_host=settings.hosts.canonical,
+            https_port=settings.server.https_port,
+        )
+    )
+    return GuardChain(_never_reached, guards=guards, routes=build_route_table(settings))
+
+
+async def _never_reached(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("the redirect listener answers every request from its guards")
 
 
 def build_proxy_app(settings: Settings, transport: UpstreamTransport, metrics: ProxyMetrics | None) -> ASGIApp:

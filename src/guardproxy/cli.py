@@ -49,6 +49,9 @@ FLAGS = (
     ),
     Flag("--workers", "server.workers", "worker processes [1]", "N"),
     Flag("--log-level", "logging.level", "debug, info, warning, error or critical [info]", "LEVEL"),
+    Flag("--tls-cert", "server.tls_cert", "terminate TLS with this PEM certificate chain", "FILE"),
+    Flag("--tls-key", "server.tls_key", "the PEM private key for --tls-cert", "FILE"),
+    Flag("--redirect-listen", "server.redirect_listen", "plain-HTTP listener that redirects to HTTPS", "HOST:PORT"),
     Flag(
         "--trusted-proxy",
         "trusted_proxies.cidrs",
@@ -113,6 +116,8 @@ def effective_config_yaml(settings: Settings) -> str:
     values = settings.model_dump(mode="json")
     for section in ("server", "admin"):
         values[section]["listen"] = str(getattr(settings, section).listen)
+    if settings.server.redirect_listen is not None:
+        values["server"]["redirect_listen"] = str(settings.server.redirect_listen)
     return yaml.safe_dump(values, sort_keys=False)
 
 

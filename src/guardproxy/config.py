@@ -109,6 +109,27 @@ class ServerSettings(Section):
     # get shutdown_timeout seconds to finish before they are cut.
     drain_delay: NonNegativeFloat = 5.0
     shutdown_timeout: PositiveFloat = 30.0
+    # Terminate TLS on the proxy listener with this certificate chain and key (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A plain-HTTP listener that only redirects to https:// (the proxy listener, with TLS).
+    redirect_listen: Annotated[Address, NoDecode] | None = None
+    # The port put in those redirects' Locations (the port clients reach the TLS listener on).
+    https_port: Annotated[int, Field(ge=1, le=65535)] = 443
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.tls_key is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a certificate and key"
+                raise ValueError(f"cannot load tls_cert/tls_key: {reason}") from None
+        if self.redirect_listen is not None and self.tls_cert is None:
+            raise ValueError("redirect_listen needs tls_cert and tls_key (it redirects to the TLS listener)")
+        return self
 
 
 class AdminSettings(Section):
@@ -438,8 +459,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> Settings:
-        if self.server.listen == self.admin.listen:
-            raise ValueError("server.listen and admin.listen must differ")
+        listens = [self.server.listen, self.admin.listen]
+        if self.server.redirect_listen is not None:
+            listens.append(self.server.redirect_listen)
+        if len(set(map(str, listens))) != len(listens):
+            raise ValueError("server.listen, admin.listen and server.redirect_listen must differ")
+        if self.server.redirect_listen is not None and not (self.hosts.canonical or self.hosts.allowed):
+            raise ValueError(
+                "server.redirect_listen needs hosts.canonical or hosts.allowed: redirects are never built "
+                "from an unchecked Host"
+            )
         return self
 
     @classmethod

@@ -105,7 +105,15 @@ ENV_EXAMPLES = {
 }
 
 
-@pytest.mark.parametrize("flag", [pytest.param(f, id=f.option) for f in cli.FLAGS])
+# The TLS flags only validate together (with real files): tests/integration/test_tls.py.
+TLS_SETTINGS = {"server.tls_cert", "server.tls_key", "server.redirect_listen"}
+
+
+def test_every_flag_has_an_env_example_or_a_tls_test() -> None:
+    assert {flag.setting for flag in cli.FLAGS} == set(ENV_EXAMPLES) | TLS_SETTINGS
+
+
+@pytest.mark.parametrize("flag", [pytest.param(f, id=f.option) for f in cli.FLAGS if f.setting in ENV_EXAMPLES])
 def test_flag_env_variable_is_honoured(
     flag: cli.Flag, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,7 +128,9 @@ BAD_SETTINGS = [
     pytest.param({**UPSTREAM, "server": {"listen": "::1:80"}}, "server.listen: IPv6 hosts go in brackets", id="v6"),
     pytest.param({**UPSTREAM, "server": {"listen": "[zz]:80"}}, "server.listen: ", id="listen-bad-v6"),
     pytest.param({**UPSTREAM, "server": {"listen": "1.2.3.4:80\n"}}, "server.listen: ", id="listen-newline"),
-    pytest.param({**UPSTREAM, "admin": {"listen": "0.0.0.0:8080"}}, "(top level): server.listen and admin", id="same"),
+    pytest.param(
+        {**UPSTREAM, "admin": {"listen": "0.0.0.0:8080"}}, "(top level): server.listen, admin.listen", id="same"
+    ),
     pytest.param({**UPSTREAM, "logging": {"level": "loud"}}, "logging.level: ", id="log-level"),
     pytest.param({**UPSTREAM, "routes": [route(), route()]}, "routes: route name 'api' is used twice", id="dup-route"),
     pytest.param({**UPSTREAM, "routes": [route("default")]}, "routes: route name 'default'", id="route-default"),

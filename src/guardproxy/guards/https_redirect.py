@@ -53,3 +53,22 @@ class HttpsRedirectGuard(Guard):
         context.outcome = "https_redirect"
         status = redirect_status(self.status, scope["method"])
         return Answer(status, [(b"location", https_location(host, scope)), (b"content-length", b"0")])
+
+
+class RedirectEverythingGuard(Guard):
+    """The redirect listener's last guard: every request that got this far goes to https://."""
+
+    def __init__(self, *, status: int, canonical_host: str | None, https_port: int) -> None:
+        self.status = status
+        self.canonical_host = canonical_host.encode("ascii") if canonical_host else None
+        self.port_suffix = b"" if https_port == 443 else b":%d" % https_port
+
+    def on_request(self, scope: Scope, context: RequestContext) -> Answer:
+        # The host guard before this one has vetted the Host (configuration requires it when
+        # there is no canonical host).
+        host = (self.canonical_host or split_port(context.host)) + self.port_suffix
+        context.outcome = "https_redirect"
+        location = https_location(host, scope)
+        return Answer(
+            redirect_status(self.status, scope["method"]), [(b"location", location), (b"content-length", b"0")]
+        )

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -23,7 +24,7 @@ import structlog
 import uvicorn
 
 from guardproxy.admin import build_admin_app
-from guardproxy.app import build_proxy_app, security_headers_guard
+from guardproxy.app import build_proxy_app, build_redirect_app, security_headers_guard
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
@@ -72,10 +73,35 @@ def connection_limits(settings: ServerSettings) -> ConnectionLimits:
     )
 
 
-def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any) -> uvicorn.Config:
+@dataclass(frozen=True)
+class Listeners:
+    """The sockets one worker serves, bound once in the parent so every worker shares them."""
+
+    proxy: socket.socket
+    admin: socket.socket
+    redirect: socket.socket | None = None
+
+    @classmethod
+    def bind(cls, settings: ServerSettings, admin: Address) -> Listeners:
+        return cls(
+            proxy=bind(settings.listen, "server.listen"),
+            admin=bind(admin, "admin.listen"),
+            redirect=bind(settings.redirect_listen, "server.redirect_listen") if settings.redirect_listen else None,
+        )
+
+
+# Forward-secret AEAD suites only for TLS 1.2 (TLS 1.3 suites are all of that kind already).
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any, *, tls: bool = False) -> uvicorn.Config:
+    server = settings.server
     return uvicorn.Config(
         app,
         http=http,
+        ssl_certfile=server.tls_cert if tls else None,
+        ssl_keyfile=server.tls_key if tls else None,
+        ssl_ciphers=_TLS12_CIPHERS,
         ws="none",
         lifespan="off",
         # Client addresses and X-Forwarded-* are guardproxy's business (trusted proxies only);
@@ -90,7 +116,7 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any) -> uvicorn.Conf
     )
 
 
-async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+async def serve(settings: Settings, listeners: Listeners) -> None:
     """Run one worker until SIGTERM or SIGINT, then drain."""
     loop = asyncio.get_running_loop()
     pool = build_pool(settings.upstream)
@@ -108,13 +134,19 @@ async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: s
         lifecycle=lifecycle,
         answer_headers=answer_headers,
     )
-    proxy = _Listener(_uvicorn_config(build_proxy_app(settings, pool, metrics), settings, protocol))
+    proxy_app = build_proxy_app(settings, pool, metrics)
+    proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
     admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
+    redirect = (
+        _Listener(_uvicorn_config(build_redirect_app(settings), settings, protocol)) if listeners.redirect else None
+    )
 
     def stop_accepting() -> None:
         # uvicorn closes the listener, closes idle connections, lets busy ones finish their
         # response (within shutdown_timeout) and then returns from serve().
         proxy.should_exit = True
+        if redirect is not None:
+            redirect.should_exit = True
 
     def stop() -> None:
         if lifecycle.draining:
@@ -134,19 +166,24 @@ async def serve(settings: Settings, proxy_socket: socket.socket, admin_socket: s
     gc.freeze()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await readiness.start()
-    admin_task = asyncio.create_task(admin.serve(sockets=[admin_socket]))
+    admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
+    redirect_task = None
+    if redirect is not None and listeners.redirect is not None:
+        redirect_task = asyncio.create_task(redirect.serve(sockets=[listeners.redirect]))
     try:
-        await proxy.serve(sockets=[proxy_socket])
+        await proxy.serve(sockets=[listeners.proxy])
     finally:
+        if redirect_task is not None:
+            await redirect_task
         admin.should_exit = True
         await admin_task
         await readiness.stop()
         await pool.aclose()
 
 
-def _run_worker(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> None:
+def _run_worker(settings: Settings, listeners: Listeners) -> None:
     configure_logging(settings.logging)
-    _event_loop_runner()(serve(settings, proxy_socket, admin_socket))
+    _event_loop_runner()(serve(settings, listeners))
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -160,22 +197,23 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 def run(settings: Settings) -> int:
     """Bind the listeners and serve until told to stop; returns the process exit code."""
     configure_logging(settings.logging)
-    proxy_socket = bind(settings.server.listen, "server.listen")
-    admin_socket = bind(settings.admin.listen, "admin.listen")
+    listeners = Listeners.bind(settings.server, settings.admin.listen)
     log.info(
         "guardproxy starting",
         listen=str(settings.server.listen),
         admin_listen=str(settings.admin.listen),
         upstream=settings.upstream.url,
         workers=settings.server.workers,
+        tls=settings.server.tls_cert is not None,
+        redirect_listen=str(settings.server.redirect_listen) if settings.server.redirect_listen else None,
     )
     if settings.server.workers == 1:
-        _run_worker(settings, proxy_socket, admin_socket)
+        _run_worker(settings, listeners)
         return 0
-    return _supervise(settings, proxy_socket, admin_socket)
+    return _supervise(settings, listeners)
 
 
-def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: socket.socket) -> int:
+def _supervise(settings: Settings, listeners: Listeners) -> int:
     """Keep `workers` processes running; on SIGTERM/SIGINT pass the signal on and wait for them."""
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -188,9 +226,7 @@ def _supervise(settings: Settings, proxy_socket: socket.socket, admin_socket: so
         signal.signal(sig, request_stop)
 
     def start_worker() -> BaseProcess:
-        process = context.Process(
-            target=_run_worker, args=(settings, proxy_socket, admin_socket), name="guardproxy-worker"
-        )
+        process = context.Process(target=_run_worker, args=(settings, listeners), name="guardproxy-worker")
         process.start()
         return process
 
