@@ -46,7 +46,8 @@ def test_plain_http_to_the_tls_listener_is_refused(start_proxy, upstream, certif
     gp = start_proxy(upstream.url, *tls_args(certificate))
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{gp.port}/echo")
-    with httpx.Client(verify=ssl.create_default_context(cafile=str(certificate[0]))) as client:  # and the listener still serves TLS
+    # ...and the listener still serves TLS afterwards.
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(certificate[0]))) as client:
         assert client.get(f"https://localhost:{gp.port}/echo").status_code == 200
 
 
