@@ -7,12 +7,20 @@ the ones above it have established.
 from __future__ import annotations
 
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
-from guardproxy.config import BodyLimitOverride, SecurityHeadersSettings, Settings, TimeoutOverrides
+from guardproxy.config import (
+    BodyLimitOverride,
+    CorsSettings,
+    RouteSettings,
+    SecurityHeadersSettings,
+    Settings,
+    TimeoutOverrides,
+)
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
+from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
 from guardproxy.guards.paths import PathGuard
@@ -28,7 +36,9 @@ from guardproxy.upstream import upstream_origin
 def build_route_table(settings: Settings) -> RouteTable:
     upstream = settings.upstream
 
-    def policy(name: str, timeouts: TimeoutOverrides, body_limit: BodyLimitOverride) -> RoutePolicy:
+    def policy(
+        name: str, timeouts: TimeoutOverrides, body_limit: BodyLimitOverride, route: RouteSettings | None
+    ) -> RoutePolicy:
         return RoutePolicy(
             name=name,
             connect_timeout=timeouts.connect_timeout or upstream.connect_timeout,
@@ -37,17 +47,31 @@ def build_route_table(settings: Settings) -> RouteTable:
             max_body_bytes=(
                 body_limit.max_bytes if body_limit.max_bytes is not None else settings.body_limit.max_bytes
             ),
+            cors=cors_policy(settings.effective_cors(route)),
         )
 
     routes = [
         Route(
             pattern=compile_path_pattern(route.path),
             methods=frozenset(route.methods) if route.methods else None,
-            policy=policy(route.name, route.upstream, route.body_limit),
+            policy=policy(route.name, route.upstream, route.body_limit, route),
         )
         for route in settings.routes
     ]
-    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME, TimeoutOverrides(), BodyLimitOverride()))
+    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME, TimeoutOverrides(), BodyLimitOverride(), None))
+
+
+def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
+    if not settings.origins:
+        return None
+    return CorsPolicy(
+        origins=settings.origins,
+        methods=settings.methods,
+        allow_headers=settings.allow_headers,
+        expose_headers=settings.expose_headers,
+        allow_credentials=settings.allow_credentials,
+        max_age=settings.max_age,
+    )
 
 
 def security_headers_guard(settings: SecurityHeadersSettings) -> SecurityHeadersGuard:
@@ -78,6 +102,8 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     if settings.hosts.allowed:
         guards.append(HostGuard(allowed=settings.hosts.allowed))
+    if settings.cors.origins or any(route.cors.origins for route in settings.routes):
+        guards.append(CorsGuard())
     if settings.https_redirect.enabled:
         guards.append(
             HttpsRedirectGuard(

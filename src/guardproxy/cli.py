@@ -60,6 +60,13 @@ FLAGS = (
         repeatable=True,
     ),
     Flag(
+        "--cors-origin",
+        "cors.origins",
+        "let pages from this origin read responses; https://*.example.com for subdomains (repeatable)",
+        "ORIGIN",
+        repeatable=True,
+    ),
+    Flag(
         "--allowed-host",
         "hosts.allowed",
         "answer only to this Host; *.example.com for subdomains (repeatable)",

@@ -37,6 +37,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from guardproxy.origins import compile_origin_pattern
 from guardproxy.routes import DEFAULT_ROUTE_NAME, PatternError, compile_path_pattern
 
 ENV_PREFIX = "GUARDPROXY_"
@@ -314,6 +315,43 @@ class HttpsRedirectSettings(Section):
         return value
 
 
+class CorsSettings(Section):
+    # Origins allowed to read responses: exact (https://app.example.com), anchored patterns
+    # (https://*.example.com: subdomains only), "null" only if you mean it, or "*" (never with
+    # credentials). Empty: guardproxy leaves CORS to the upstream. Flag --cors-origin.
+    origins: CommaList = []
+    methods: list[str] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    allow_headers: list[str] = ["Content-Type", "Authorization", "X-Request-ID"]
+    expose_headers: list[str] = ["X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"]
+    allow_credentials: bool = False
+    # Seconds browsers may cache a preflight answer.
+    max_age: Annotated[int, Field(ge=0, le=86400)] = 600
+
+    @model_validator(mode="after")
+    def _valid(self) -> CorsSettings:
+        _check_cors(self.origins, self.allow_credentials)
+        return self
+
+
+class CorsOverride(Section):
+    """Per-route CORS; unset fields inherit the global `cors` section."""
+
+    origins: CommaList | None = None
+    methods: list[str] | None = None
+    allow_headers: list[str] | None = None
+    expose_headers: list[str] | None = None
+    allow_credentials: bool | None = None
+    max_age: Annotated[int, Field(ge=0, le=86400)] | None = None
+
+
+def _check_cors(origins: list[str], allow_credentials: bool) -> None:
+    if "*" in origins and allow_credentials:
+        raise ValueError("origins '*' cannot be combined with allow_credentials")
+    for origin in origins:
+        if origin != "*":
+            compile_origin_pattern(origin)
+
+
 class RequestIdSettings(Section):
     # Keep a well-formed incoming X-Request-ID (set False when clients are not trusted to choose
     # the ID that appears in your logs).
@@ -397,6 +435,7 @@ class RouteSettings(Section):
     methods: list[str] | None = None
     upstream: TimeoutOverrides = TimeoutOverrides()
     body_limit: BodyLimitOverride = BodyLimitOverride()
+    cors: CorsOverride = CorsOverride()
 
     @field_validator("path")
     @classmethod
@@ -439,6 +478,7 @@ class Settings(BaseSettings):
     https_redirect: HttpsRedirectSettings = HttpsRedirectSettings()
     request_id: RequestIdSettings = RequestIdSettings()
     security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
+    cors: CorsSettings = CorsSettings()
     body_limit: BodyLimitSettings = BodyLimitSettings()
     paths: PathSettings = PathSettings()
     concurrency: ConcurrencySettings = ConcurrencySettings()
@@ -456,6 +496,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"route name {route.name!r} is used twice (or is the reserved 'default')")
             seen.add(route.name)
         return routes
+
+    def effective_cors(self, route: RouteSettings | None) -> CorsSettings:
+        """The global CORS settings with a route's overrides applied."""
+        if route is None:
+            return self.cors
+        overrides = {name: value for name, value in route.cors.model_dump().items() if value is not None}
+        return self.cors.model_copy(update=overrides)
+
+    @model_validator(mode="after")
+    def _route_cors(self) -> Settings:
+        for route in self.routes:
+            cors = self.effective_cors(route)
+            try:
+                _check_cors(cors.origins, cors.allow_credentials)
+            except ValueError as exc:
+                raise ValueError(f"routes[{route.name}].cors: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> Settings:

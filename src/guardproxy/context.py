@@ -7,6 +7,7 @@ typed fields, and the forwarder turns them into the upstream request in a single
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,8 @@ class RequestContext:
     status: int = 0
     # Counted against the in-flight limit (and to be released when the request ends).
     admitted: bool = False
+    # The CORS grant for this response, decided from the request's Origin.
+    cors_headers: Sequence[tuple[bytes, bytes]] = ()
 
 
 def context_of(scope: Scope) -> RequestContext | None:

@@ -38,6 +38,7 @@ HEADERS_TOO_LARGE = ProblemType("headers-too-large", 431, "Request Header Fields
 CONTENT_TOO_LARGE = ProblemType("content-too-large", 413, "Content Too Large")
 BAD_PATH = ProblemType("bad-path", 400, "Bad Request")
 OVERLOADED = ProblemType("overloaded", 503, "Service Unavailable")
+CORS_REFUSED = ProblemType("cors-refused", 403, "Forbidden")
 MISDIRECTED = ProblemType("misdirected-request", 421, "Misdirected Request")
 NOT_IMPLEMENTED = ProblemType("not-implemented", 501, "Not Implemented")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal Server Error")

@@ -16,6 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from guardproxy.guards.cors import CorsPolicy
 
 DEFAULT_ROUTE_NAME = "default"
 
@@ -65,6 +69,8 @@ class RoutePolicy:
     read_timeout: float
     total_timeout: float | None
     max_body_bytes: int
+    # None: CORS is not guardproxy's business on this route (the upstream's headers pass).
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,10 @@ ENV_EXAMPLES = {
     "admin.listen": ("127.0.0.1:7001", "127.0.0.1:7001"),
     "server.workers": ("3", 3),
     "logging.level": ("DEBUG", "debug"),
+    "cors.origins": (
+        "https://app.example.com,https://*.example.org",
+        ["https://app.example.com", "https://*.example.org"],
+    ),
     "trusted_proxies.cidrs": ("10.0.0.0/8, 192.0.2.7", ["10.0.0.0/8", "192.0.2.7"]),
     "hosts.allowed": ("api.example.com,*.Example.org", ["api.example.com", "*.example.org"]),
 }

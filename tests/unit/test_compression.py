@@ -17,9 +17,9 @@ from guardproxy.guards.compression import (
     GzipEncoder,
     ZstdEncoder,
     media_type_matcher,
-    merge_vary,
     negotiate,
 )
+from guardproxy.proxy.headers import merge_vary
 
 PREFERENCE = ("br", "zstd", "gzip")
 

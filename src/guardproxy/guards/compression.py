@@ -26,6 +26,7 @@ from backports.zstd import ZstdCompressor
 from guardproxy.asgi import Headers, Message, Scope, Send
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.proxy.headers import merge_vary
 
 # Bytes compressed between two yields to the event loop: ~1 ms of work at default levels.
 _SLICE = 64 * 1024
@@ -104,18 +105,6 @@ def media_type_matcher(patterns: Sequence[str]) -> re.Pattern[str]:
     """One regex for patterns such as `text/*` or `application/*+json`."""
     alternatives = ["[^/;]+".join(re.escape(part) for part in pattern.lower().split("*")) for pattern in patterns]
     return re.compile("(?:" + "|".join(alternatives) + r")\Z")
-
-
-def merge_vary(headers: Headers, field: bytes) -> None:
-    """Add `field` to Vary, unless the upstream already varies on it (or on everything)."""
-    for index, (name, value) in enumerate(headers):
-        if name == b"vary":
-            tokens = {token.strip().lower() for token in value.split(b",")}
-            if field in tokens or b"*" in tokens:
-                return
-            headers[index] = (name, value + b", " + field)
-            return
-    headers.append((b"vary", field))
 
 
 class CompressionGuard(Guard):

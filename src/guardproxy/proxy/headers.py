@@ -70,3 +70,15 @@ def strip_response_headers(headers: Headers, status: int) -> Headers:
 # 204 has no content at all; a 304's Content-Length describes a body it does not carry, and
 # relaying it would make the client wait for bytes that never come.
 _DROPPED_RESPONSE_FIELDS = (HOP_BY_HOP, HOP_BY_HOP | {b"content-length"})
+
+
+def merge_vary(headers: Headers, field: bytes) -> None:
+    """Add `field` to Vary, unless the upstream already varies on it (or on everything)."""
+    for index, (name, value) in enumerate(headers):
+        if name == b"vary":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if field in tokens or b"*" in tokens:
+                return
+            headers[index] = (name, value + b", " + field)
+            return
+    headers.append((b"vary", field))
