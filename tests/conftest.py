@@ -35,8 +35,14 @@ def start_proxy(proxy_log_dir: Path) -> Iterator[Callable[..., Guardproxy]]:
     """Start a guardproxy of the test's own (custom flags, env or upstream); stopped afterwards."""
     started: list[Guardproxy] = []
 
-    def start(upstream_url: str, *args: str, env: dict[str, str] | None = None, wait_ready: bool = False) -> Guardproxy:
-        gp = start_guardproxy(upstream_url, *args, log_dir=proxy_log_dir, env=env, wait_ready=wait_ready)
+    def start(
+        upstream_url: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = False,
+        port: int | None = None,
+    ) -> Guardproxy:
+        gp = start_guardproxy(upstream_url, *args, log_dir=proxy_log_dir, env=env, wait_ready=wait_ready, port=port)
         started.append(gp)
         return gp
 

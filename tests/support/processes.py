@@ -105,8 +105,9 @@ def start_guardproxy(
     log_dir: Path,
     env: dict[str, str] | None = None,
     wait_ready: bool = False,
+    port: int | None = None,
 ) -> Guardproxy:
-    port, admin_port = free_port(), free_port()
+    port, admin_port = port or free_port(), free_port()
     args = [
         sys.executable,
         "-m",
@@ -135,7 +136,7 @@ def start_guardproxy(
             response = httpx.get(f"{proxy.admin_url}/{'readyz' if wait_ready else 'healthz'}", timeout=0.5)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200 and port_open(port)
+        return response.status_code == 200 and port_open(proxy.port)
 
     try:
         wait_until(up, timeout=15)
