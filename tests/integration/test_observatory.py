@@ -8,21 +8,15 @@ import os
 import subprocess
 from pathlib import Path
 
-import trustme
-
 from tests.support.processes import free_port
+from tests.support.tls import write_certificate
 
 SCANNER = Path(__file__).resolve().parents[2] / ".venv-observatory" / "bin" / "httpobs-local-scan"
 
 
 def test_default_preset_scores_a_plus(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert SCANNER.exists(), "run ./scripts/test: it installs the Observatory scanner into .venv-observatory"
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    ca_file, cert_file, key_file = write_certificate(tmp_path)
     https_port, http_port = free_port(), free_port()
     start_proxy(
         upstream.url,

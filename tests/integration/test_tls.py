@@ -10,21 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from tests.support.processes import free_port
+from tests.support.tls import write_certificate
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    workdir = tmp_path_factory.mktemp("tls-listener")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    ca_file, cert_file, key_file = workdir / "ca.pem", workdir / "cert.pem", workdir / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    return ca_file, cert_file, key_file
+    return write_certificate(tmp_path_factory.mktemp("tls-listener"))
 
 
 def tls_args(certificate: tuple[Path, Path, Path]) -> list[str]:

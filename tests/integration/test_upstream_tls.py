@@ -10,20 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from tests.support.processes import free_port, port_open, wait_until
+from tests.support.tls import write_certificate
 
 
 @pytest.fixture(scope="module")
 def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The upstream test app served over TLS with a certificate from a throwaway CA."""
-    workdir = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    ca_file, cert_file = workdir / "ca.pem", workdir / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    ca_file, cert_file, key_file = write_certificate(tmp_path_factory.mktemp("tls"), "localhost", "127.0.0.1")
     port = free_port()
     script = textwrap.dedent(
         f"""
@@ -31,7 +26,7 @@ def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "support")!r})
         from upstream_app import app
         uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning",
-                    ssl_certfile={str(cert_file)!r}, ssl_keyfile={str(cert_file)!r})
+                    ssl_certfile={str(cert_file)!r}, ssl_keyfile={str(key_file)!r})
         """
     )
     process = subprocess.Popen([sys.executable, "-c", script])
