@@ -26,6 +26,8 @@ from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEveryth
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
+from guardproxy.observability.access_log import AccessLogGuard
+from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
@@ -92,8 +94,11 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives."""
     guards: list[Guard] = []
+    if settings.logging.access_log:
+        # First, so that it sees every outcome and logs every request exactly once.
+        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
     if metrics is not None:
-        guards.append(MetricsGuard(metrics=metrics))  # first, so it sees every outcome
+        guards.append(MetricsGuard(metrics=metrics))
     if settings.security_headers.enabled:
         # Early in the list, so its response hook runs last: the final word on response headers.
         guards.append(security_headers_guard(settings.security_headers))

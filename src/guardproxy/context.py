@@ -43,6 +43,11 @@ class RequestContext:
     admitted: bool = False
     # The CORS grant for this response, decided from the request's Origin.
     cors_headers: Sequence[tuple[bytes, bytes]] = ()
+    # For the access log: body bytes received and sent (before compression), and the time the
+    # upstream took to answer with its response head.
+    request_bytes: int = 0
+    response_bytes: int = 0
+    upstream_seconds: float = 0.0
 
 
 def context_of(scope: Scope) -> RequestContext | None:

@@ -98,6 +98,8 @@ class GuardChain:
                 headers = message["headers"]
                 for hook in response_hooks:
                     hook(context, headers)
+            else:
+                context.response_bytes += len(message.get("body", b""))
             await send(message)
 
         try:

@@ -9,6 +9,7 @@ body can never be mistaken for a complete one.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -65,6 +66,7 @@ class Forwarder:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
         request = self._upstream_request(scope, context, receive)
+        started = time.perf_counter()
         try:
             response = await self._transport.send(request)
         except ClientDisconnectedError:
@@ -73,6 +75,7 @@ class Forwarder:
         except UpstreamError as exc:
             await self._answer_failure(scope, send, context, exc)
             return
+        context.upstream_seconds = time.perf_counter() - started
         try:
             await self._relay(send, context, response)
         finally:
@@ -117,7 +120,7 @@ class Forwarder:
             method=scope["method"].encode("ascii"),
             target=target,
             headers=headers,
-            body=_request_body(receive) if has_body else None,
+            body=_request_body(receive, context) if has_body else None,
             content_length=None if chunked else content_length,
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
@@ -176,11 +179,13 @@ class Forwarder:
         await Answer.problem(scope, problem, detail, headers).send(send)
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _request_body(receive: Receive, context: RequestContext) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnectedError
-        yield message.get("body", b"")
+        body = message.get("body", b"")
+        context.request_bytes += len(body)
+        yield body
         if not message.get("more_body", False):
             return
