@@ -105,14 +105,18 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def start_guardproxy(upstream: str, port: int, admin_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_guardproxy(
+    upstream: str, port: int, admin_port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     env = dict(env)
     python = env.pop("PYTHON", sys.executable)  # a variant may run another interpreter (its venv's python)
     command = [
         python, "-m", "guardproxy", "run", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
-        "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "warning",
+        "--admin-listen", f"127.0.0.1:{admin_port}",
     ]  # fmt: skip
-    return subprocess.Popen(command, env={**os.environ, "PYTHONOPTIMIZE": "1", **env})
+    # Its access log goes to a file, as nginx's does: the terminal is no log collector.
+    with log.open("ab") as output:
+        return subprocess.Popen(command, env={**os.environ, "PYTHONOPTIMIZE": "1", **env}, stdout=output)
 
 
 def parse_options() -> argparse.Namespace:
@@ -148,14 +152,16 @@ def main() -> int:
         try:
             processes.append(start_nginx("nginx-upstream.conf", workdir, "upstream", **ports))
             processes.append(start_nginx("nginx-proxy.conf", workdir, "proxy", **ports))
-            processes.append(start_guardproxy(upstream, ports["guardproxy_port"], ports["admin_port"], {}))
+            processes.append(
+                start_guardproxy(upstream, ports["guardproxy_port"], ports["admin_port"], {}, workdir / "gp.log")
+            )
             targets = [
                 Target("nginx", f"http://127.0.0.1:{ports['nginx_port']}{options.path}"),
                 Target("guardproxy", f"http://127.0.0.1:{ports['guardproxy_port']}{options.path}"),
             ]
             for name, env in variants:
                 port = free_port()
-                processes.append(start_guardproxy(upstream, port, free_port(), env))
+                processes.append(start_guardproxy(upstream, port, free_port(), env, workdir / f"gp-{port}.log"))
                 targets.append(Target(f"guardproxy {name}", f"http://127.0.0.1:{port}{options.path}"))
             if not options.skip_naive:
                 naive = [sys.executable, str(BENCH_DIR / "naive_proxy.py"), upstream, str(ports["naive_port"])]
