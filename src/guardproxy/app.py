@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
-    BodyLimitOverride,
     CorsSettings,
     RouteSettings,
     SecurityHeadersSettings,
@@ -38,17 +37,16 @@ from guardproxy.upstream import upstream_origin
 def build_route_table(settings: Settings) -> RouteTable:
     upstream = settings.upstream
 
-    def policy(
-        name: str, timeouts: TimeoutOverrides, body_limit: BodyLimitOverride, route: RouteSettings | None
-    ) -> RoutePolicy:
+    def policy(route: RouteSettings | None) -> RoutePolicy:
+        """A route's settings merged with the global ones once, here; None is the default route."""
+        timeouts = route.upstream if route is not None else TimeoutOverrides()
+        body_limit = route.body_limit.max_bytes if route is not None else None
         return RoutePolicy(
-            name=name,
+            name=route.name if route is not None else DEFAULT_ROUTE_NAME,
             connect_timeout=timeouts.connect_timeout or upstream.connect_timeout,
             read_timeout=timeouts.read_timeout or upstream.read_timeout,
             total_timeout=timeouts.total_timeout or upstream.total_timeout,
-            max_body_bytes=(
-                body_limit.max_bytes if body_limit.max_bytes is not None else settings.body_limit.max_bytes
-            ),
+            max_body_bytes=body_limit if body_limit is not None else settings.body_limit.max_bytes,
             cors=cors_policy(settings.effective_cors(route)),
         )
 
@@ -56,11 +54,11 @@ def build_route_table(settings: Settings) -> RouteTable:
         Route(
             pattern=compile_path_pattern(route.path),
             methods=frozenset(route.methods) if route.methods else None,
-            policy=policy(route.name, route.upstream, route.body_limit, route),
+            policy=policy(route),
         )
         for route in settings.routes
     ]
-    return RouteTable(routes, default=policy(DEFAULT_ROUTE_NAME, TimeoutOverrides(), BodyLimitOverride(), None))
+    return RouteTable(routes, default=policy(None))
 
 
 def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
@@ -142,6 +140,8 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
 def build_redirect_app(settings: Settings) -> ASGIApp:
     """The plain-HTTP redirect listener: security headers, request IDs, host check, redirect."""
     guards: list[Guard] = []
+    if settings.logging.access_log:
+        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
     if settings.security_headers.enabled:
         guards.append(security_headers_guard(settings.security_headers))
     guards.append(ClientAddressGuard(trusted=[]))

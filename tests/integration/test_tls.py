@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 from tests.support.tls import write_certificate
 
 
@@ -46,7 +46,7 @@ def test_plain_http_to_the_tls_listener_is_refused(start_proxy, upstream, certif
 
 def test_redirect_listener_sends_everything_to_https(start_proxy, upstream, certificate) -> None:  # type: ignore[no-untyped-def]
     redirect_port = free_port()
-    start_proxy(
+    gp = start_proxy(
         upstream.url,
         *tls_args(certificate),
         "--redirect-listen", f"127.0.0.1:{redirect_port}",
@@ -63,6 +63,10 @@ def test_redirect_listener_sends_everything_to_https(start_proxy, upstream, cert
     foreign = httpx.get(f"{base}/", headers={"Host": "evil.example"})
     assert foreign.status_code == 421
     assert "location" not in foreign.headers
+    # The redirect listener's requests are in the access log too.
+    request_id = get.headers["x-request-id"]
+    wait_until(lambda: f'"request_id":"{request_id}"' in gp.log_text(), timeout=3)
+    assert '"outcome":"https_redirect"' in gp.log_text()
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
