@@ -117,7 +117,11 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
             )
         )
     # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
-    guards.append(ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight))
+    concurrency = ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight)
+    guards.append(concurrency)
+    if metrics is not None:
+        sink = log_sink()
+        metrics.watch(in_flight=lambda: concurrency.in_flight, log_lines_dropped=lambda: sink.dropped)
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
