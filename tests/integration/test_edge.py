@@ -7,17 +7,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.support.processes import echoed_headers
 from tests.support.raw import parse_responses, raw_exchange
 
 TRUST_ME = ("--trusted-proxy", "127.0.0.1")
 TRUST_OTHERS = ("--trusted-proxy", "10.0.0.0/8")
-
-
-def seen_headers(response: httpx.Response) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        headers.setdefault(name, []).append(value)
-    return headers
 
 
 def test_trusted_proxy_chain_is_extended_and_its_scheme_and_host_believed(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
@@ -26,7 +20,7 @@ def test_trusted_proxy_chain_is_extended_and_its_scheme_and_host_believed(start_
         f"{gp.url}/echo",
         headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"},
     )
-    headers = seen_headers(response)
+    headers = echoed_headers(response.json())
     assert headers["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["https"]
     assert headers["x-forwarded-host"] == ["api.example.com"]
@@ -39,7 +33,7 @@ def test_untrusted_peer_claims_are_replaced_and_get_no_hsts(start_proxy, upstrea
         f"{gp.url}/echo",
         headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "Forwarded": "for=1.2.3.4"},
     )
-    headers = seen_headers(response)
+    headers = echoed_headers(response.json())
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
     assert "forwarded" not in headers

@@ -12,20 +12,13 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.processes import Guardproxy
+from tests.support.processes import Guardproxy, echoed_headers
 from tests.support.raw import parse_responses, raw_exchange, read_until_close, request_bytes
 
 
 def echo(response: httpx.Response) -> dict:  # type: ignore[type-arg]
     assert response.status_code == 200, response.text
     return orjson.loads(response.content)  # type: ignore[no-any-return]
-
-
-def upstream_headers(seen: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
-    headers: dict[str, list[str]] = {}
-    for name, value in seen["headers"]:
-        headers.setdefault(name, []).append(value)
-    return headers
 
 
 def test_path_and_query_are_forwarded_byte_for_byte(proxy: Guardproxy) -> None:
@@ -40,7 +33,7 @@ def test_large_body_with_content_length_arrives_intact(proxy: Guardproxy) -> Non
     seen = echo(httpx.post(f"{proxy.url}/echo", content=body))
     assert seen["body_size"] == len(body)
     assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert upstream_headers(seen)["content-length"] == [str(len(body))]
+    assert echoed_headers(seen)["content-length"] == [str(len(body))]
 
 
 def test_chunked_body_arrives_intact_and_chunked(proxy: Guardproxy) -> None:
@@ -53,7 +46,7 @@ def test_chunked_body_arrives_intact_and_chunked(proxy: Guardproxy) -> None:
     body = b"".join(pieces)
     assert seen["body_size"] == len(body)
     assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
-    headers = upstream_headers(seen)
+    headers = echoed_headers(seen)
     assert headers["transfer-encoding"] == ["chunked"]
     assert "content-length" not in headers
 
@@ -74,7 +67,7 @@ def test_hop_by_hop_request_headers_are_removed(proxy: Guardproxy) -> None:
             },
         )
     )
-    headers = upstream_headers(seen)
+    headers = echoed_headers(seen)
     for name in ("connection", "x-private-hop", "keep-alive", "proxy-connection", "te", "upgrade", "http2-settings"):
         assert name not in headers, name
     assert headers["x-end-to-end"] == ["kept"]
@@ -91,7 +84,7 @@ def test_hop_by_hop_response_headers_are_removed(proxy: Guardproxy) -> None:
 
 def test_forwarding_headers_are_set(proxy: Guardproxy) -> None:
     seen = echo(httpx.get(f"{proxy.url}/echo", headers={"Host": "api.example.com", "Via": "1.0 edge"}))
-    headers = upstream_headers(seen)
+    headers = echoed_headers(seen)
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
     assert headers["x-forwarded-host"] == ["api.example.com"]
@@ -114,7 +107,7 @@ def test_response_carries_via(proxy: Guardproxy) -> None:
 )
 def test_client_supplied_forwarding_headers_are_not_believed(proxy: Guardproxy, spoofed: dict[str, str]) -> None:
     seen = echo(httpx.get(f"{proxy.url}/echo", headers=spoofed))
-    headers = upstream_headers(seen)
+    headers = echoed_headers(seen)
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]
     assert headers["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
@@ -191,7 +184,7 @@ def test_expect_100_continue(proxy: Guardproxy) -> None:
         final = parse_responses(read_until_close(sock))
     seen = orjson.loads(final[0].body)
     assert seen["body_size"] == len(body)
-    assert "expect" not in upstream_headers(seen)
+    assert "expect" not in echoed_headers(seen)
 
 
 def test_server_sent_events_arrive_chunk_by_chunk(proxy: Guardproxy) -> None:
@@ -217,7 +210,7 @@ def test_chunked_upstream_response_is_relayed(proxy: Guardproxy) -> None:
 def test_request_id_is_generated_echoed_and_forwarded(proxy: Guardproxy) -> None:
     response = httpx.get(f"{proxy.url}/echo")
     request_id = response.headers["x-request-id"]
-    headers = upstream_headers(echo(response))
+    headers = echoed_headers(echo(response))
     assert headers["x-request-id"] == [request_id]
     assert len(request_id) == 32
 
@@ -225,19 +218,19 @@ def test_request_id_is_generated_echoed_and_forwarded(proxy: Guardproxy) -> None
 def test_valid_incoming_request_id_is_kept(proxy: Guardproxy) -> None:
     response = httpx.get(f"{proxy.url}/echo", headers={"X-Request-ID": "client-abc_1.2:3"})
     assert response.headers["x-request-id"] == "client-abc_1.2:3"
-    assert upstream_headers(echo(response))["x-request-id"] == ["client-abc_1.2:3"]
+    assert echoed_headers(echo(response))["x-request-id"] == ["client-abc_1.2:3"]
 
 
 @pytest.mark.parametrize("hostile", ["a" * 129, "has space", "<script>", "new\\nline", ""])
 def test_hostile_incoming_request_id_is_replaced(proxy: Guardproxy, hostile: str) -> None:
     response = httpx.get(f"{proxy.url}/echo", headers={"X-Request-ID": hostile})
     assert response.headers["x-request-id"] != hostile
-    assert upstream_headers(echo(response))["x-request-id"] == [response.headers["x-request-id"]]
+    assert echoed_headers(echo(response))["x-request-id"] == [response.headers["x-request-id"]]
 
 
 def test_traceparent_is_continued(proxy: Guardproxy) -> None:
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    headers = upstream_headers(
+    headers = echoed_headers(
         echo(httpx.get(f"{proxy.url}/echo", headers={"traceparent": incoming, "tracestate": "vendor=1"}))
     )
     version, trace_id, span_id, flags = headers["traceparent"][0].split("-")
@@ -247,7 +240,7 @@ def test_traceparent_is_continued(proxy: Guardproxy) -> None:
 
 
 def test_invalid_traceparent_starts_a_new_trace(proxy: Guardproxy) -> None:
-    headers = upstream_headers(
+    headers = echoed_headers(
         echo(httpx.get(f"{proxy.url}/echo", headers={"traceparent": "00-zz-zz-01", "tracestate": "vendor=1"}))
     )
     version, trace_id, span_id, _ = headers["traceparent"][0].split("-")

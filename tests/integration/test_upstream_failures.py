@@ -84,10 +84,18 @@ def test_per_route_timeout_overrides_the_default(start_proxy, tmp_path) -> None:
         assert httpx.get(f"{gp.url}/slow-is-fine", timeout=10).text == "ok"
 
 
-def test_garbage_from_upstream_is_a_502(start_proxy) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx",
+    ],
+    ids=["garbage", "unasked-protocol-switch"],
+)
+def test_an_upstream_answer_that_is_not_a_response_is_a_502(start_proxy, answer: bytes) -> None:  # type: ignore[no-untyped-def]
     def handler(conn: socket.socket, _: int) -> None:
         read_request_head(conn)
-        conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        conn.sendall(answer)
 
     with raw_upstream(handler) as upstream:
         gp = start_proxy(upstream.url)
@@ -137,16 +145,6 @@ def test_interim_responses_from_upstream_are_skipped(start_proxy) -> None:  # ty
     assert response.status_code == 200
     assert response.text == "ok"
     assert "link" not in response.headers
-
-
-def test_upstream_switching_protocols_unasked_is_a_502(start_proxy) -> None:  # type: ignore[no-untyped-def]
-    def handler(conn: socket.socket, _: int) -> None:
-        read_request_head(conn)
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
-
-    with raw_upstream(handler) as upstream:
-        gp = start_proxy(upstream.url)
-        assert_problem(httpx.get(gp.url), 502, "upstream-unavailable")
 
 
 def test_stale_pooled_connection_is_retried_for_get_only(start_proxy) -> None:  # type: ignore[no-untyped-def]

@@ -144,3 +144,11 @@ def start_guardproxy(
         proxy.stop(signal.SIGKILL)
         raise
     return proxy
+
+
+def echoed_headers(echo: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
+    """The request headers the upstream app's /echo saw, by name (repeated fields kept)."""
+    headers: dict[str, list[str]] = {}
+    for name, value in echo["headers"]:
+        headers.setdefault(name, []).append(value)
+    return headers
