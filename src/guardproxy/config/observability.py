@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -43,3 +44,6 @@ class LoggingSettings(Section):
 
 class MetricsSettings(Section):
     enabled: bool = True
+    # With server.workers > 1: where workers share their metrics (prometheus-client multiprocess
+    # mode). None: PROMETHEUS_MULTIPROC_DIR if set, else a private temporary directory.
+    multiprocess_dir: Path | None = None

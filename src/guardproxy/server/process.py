@@ -30,6 +30,7 @@ from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
+from guardproxy.observability.multiprocess import MetricsDirectory, MetricsDirectoryError
 from guardproxy.server.limits import ConnectionLimits, Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
 from guardproxy.upstream import build_pool
@@ -120,7 +121,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     """Run one worker until SIGTERM or SIGINT, then drain."""
     loop = asyncio.get_running_loop()
     pool = build_pool(settings.upstream)
-    metrics = ProxyMetrics() if settings.metrics.enabled else None
+    metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
     readiness = Readiness(settings.upstream, lifecycle)
     answer_headers = (
@@ -133,6 +134,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         limits=connection_limits(settings.server),
         lifecycle=lifecycle,
         answer_headers=answer_headers,
+        count_refusal=metrics.count_protocol_refusal if metrics is not None else None,
     )
     proxy_app = build_proxy_app(settings, pool, metrics)
     proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
@@ -166,6 +168,8 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     gc.freeze()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await readiness.start()
+    if metrics is not None:
+        metrics.start_flushing()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
     redirect_task = None
     if redirect is not None and listeners.redirect is not None:
@@ -175,6 +179,8 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     finally:
         if redirect_task is not None:
             await redirect_task
+        if metrics is not None:
+            metrics.stop_flushing()
         admin.should_exit = True
         await admin_task
         await readiness.stop()
@@ -198,6 +204,14 @@ def run(settings: Settings) -> int:
     """Bind the listeners and serve until told to stop; returns the process exit code."""
     configure_logging(settings.logging)
     listeners = Listeners.bind(settings.server, settings.admin.listen)
+    try:
+        metrics_dir = (
+            MetricsDirectory.prepare(settings.metrics.multiprocess_dir, workers=settings.server.workers)
+            if settings.metrics.enabled
+            else None
+        )
+    except MetricsDirectoryError as exc:
+        raise StartupError(str(exc)) from None
     log.info(
         "guardproxy starting",
         listen=str(settings.server.listen),
@@ -207,13 +221,17 @@ def run(settings: Settings) -> int:
         tls=settings.server.tls_cert is not None,
         redirect_listen=str(settings.server.redirect_listen) if settings.server.redirect_listen else None,
     )
-    if settings.server.workers == 1:
-        _run_worker(settings, listeners)
-        return 0
-    return _supervise(settings, listeners)
+    try:
+        if settings.server.workers == 1:
+            _run_worker(settings, listeners)
+            return 0
+        return _supervise(settings, listeners, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics_dir.remove()
 
 
-def _supervise(settings: Settings, listeners: Listeners) -> int:
+def _supervise(settings: Settings, listeners: Listeners, metrics_dir: MetricsDirectory | None) -> int:
     """Keep `workers` processes running; on SIGTERM/SIGINT pass the signal on and wait for them."""
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -237,6 +255,8 @@ def _supervise(settings: Settings, listeners: Listeners) -> int:
         for index, process in enumerate(workers):
             if not process.is_alive() and not stopping:
                 log.error("worker exited unexpectedly; restarting", pid=process.pid, exitcode=process.exitcode)
+                if metrics_dir is not None and process.pid is not None:
+                    metrics_dir.mark_dead(process.pid)
                 workers[index] = start_worker()
     for process in workers:
         if process.is_alive():
@@ -247,5 +267,7 @@ def _supervise(settings: Settings, listeners: Listeners) -> int:
             log.error("worker did not stop in time; killing it", pid=process.pid)
             process.kill()
             process.join()
+        if metrics_dir is not None and process.pid is not None:
+            metrics_dir.mark_dead(process.pid)
     log.info("guardproxy stopped")
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -61,6 +61,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         limits: ConnectionLimits | None = None,
         lifecycle: Lifecycle | None = None,
         answer_headers: Sequence[tuple[bytes, bytes]] = (),
+        count_refusal: Callable[[int], None] | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
@@ -72,6 +73,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.lifecycle = lifecycle or Lifecycle()
         # Added to every answer the server gives itself (security headers, for one).
         self.answer_headers = list(answer_headers)
+        # Refusals never reach the guard chain (nor its metrics): counted here, by status.
+        self.count_refusal = count_refusal
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
@@ -353,6 +356,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self._refused = True
         if self.transport is None or self.transport.is_closing():
             return
+        if self.count_refusal is not None:
+            self.count_refusal(problem.status)
         request_id = new_request_id()
         log.warning(
             "request refused",

@@ -1,0 +1,227 @@
+"""Metrics in one process (observability/metrics.py, tally.py): what the hot path counts reaches
+prometheus-client exactly once, histograms included."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from guardproxy.context import RequestContext
+from guardproxy.observability.metrics import PROTOCOL_REFUSAL_REASONS, MetricsGuard, ProxyMetrics
+from guardproxy.observability.tally import DURATION_BUCKETS
+from guardproxy.routes import RoutePolicy
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def route(name: str = "default") -> RoutePolicy:
+    return RoutePolicy(name=name, connect_timeout=5, read_timeout=60, total_timeout=None, max_body_bytes=1024)
+
+
+def complete(
+    guard: MetricsGuard,
+    *,
+    method: str = "GET",
+    status: int = 200,
+    outcome: str = "ok",
+    route_name: str = "default",
+    seconds: float = 0.003,
+    upstream: float = 0.002,
+    request_bytes: int = 0,
+    response_bytes: int = 10,
+) -> None:
+    context = RequestContext(route=route(route_name), client_host="127.0.0.1")
+    context.started_at = time.perf_counter() - seconds
+    context.status = status
+    context.outcome = outcome
+    context.upstream_seconds = upstream
+    context.request_bytes = request_bytes
+    context.response_bytes = response_bytes
+    guard.on_complete({"method": method}, context)
+
+
+def samples(metrics: ProxyMetrics) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    }
+
+
+def families(metrics: ProxyMetrics) -> dict[str, str]:
+    return {family.name: family.type for family in text_string_to_metric_families(metrics.render().decode())}
+
+
+@pytest.fixture
+def metrics() -> ProxyMetrics:
+    return ProxyMetrics(CollectorRegistry())
+
+
+def test_requests_are_counted_by_route_method_class_and_outcome(metrics: ProxyMetrics) -> None:
+    guard = MetricsGuard(metrics=metrics)
+    for _ in range(3):
+        complete(guard)
+    complete(guard, method="PROPFIND")  # outside the fixed method set
+    complete(guard, status=0, outcome="client_closed")  # no response ever started
+    complete(guard, method="POST", status=429, outcome="rate_limited", route_name="login")
+    found = samples(metrics)
+    labels = {"route": "default", "method": "GET", "status_class": "2xx", "outcome": "ok"}
+    assert found[("guardproxy_requests_total", frozenset(labels.items()))] == 3
+    other = {**labels, "method": "other"}
+    assert found[("guardproxy_requests_total", frozenset(other.items()))] == 1
+    gone = {**labels, "status_class": "5xx", "outcome": "client_closed"}
+    assert found[("guardproxy_requests_total", frozenset(gone.items()))] == 1
+    limited = {"route": "login", "method": "POST", "status_class": "4xx", "outcome": "rate_limited"}
+    assert found[("guardproxy_requests_total", frozenset(limited.items()))] == 1
+    assert sum(value for (name, _), value in found.items() if name == "guardproxy_requests_total") == 6
+
+
+def test_each_request_reaches_prometheus_exactly_once(metrics: ProxyMetrics) -> None:
+    guard = MetricsGuard(metrics=metrics)
+    complete(guard, request_bytes=100, response_bytes=7)
+    first = samples(metrics)
+    metrics.flush()
+    metrics.flush()
+    again = samples(metrics)
+    route_label = frozenset({("route", "default")})
+    for name in (
+        "guardproxy_request_duration_seconds_count",
+        "guardproxy_upstream_duration_seconds_count",
+    ):
+        assert first[(name, route_label)] == again[(name, route_label)] == 1
+    assert again[("guardproxy_request_body_bytes_total", route_label)] == 100
+    assert again[("guardproxy_response_body_bytes_total", route_label)] == 7
+    complete(guard)
+    assert samples(metrics)[("guardproxy_request_duration_seconds_count", route_label)] == 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0005, 0.001, 0.0011, 0.003, 0.003, 0.2, 59.9, 60.0, 61.0, 3600.0],
+        [bound for bound in DURATION_BUCKETS],  # exactly on every bound: `le` includes it
+    ],
+)
+def test_flushed_histograms_equal_observed_ones(values: list[float]) -> None:
+    """The bulk path (counts per bucket, then flush) against prometheus-client's own observe()."""
+    metrics = ProxyMetrics(CollectorRegistry())
+    guard = MetricsGuard(metrics=metrics)
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "guardproxy_upstream_duration_seconds",
+        "reference",
+        ["route"],
+        buckets=DURATION_BUCKETS,
+        registry=reference_registry,
+    )
+    for value in values:
+        complete(guard, upstream=value)
+        reference.labels("default").observe(value)
+    ours = {k: v for k, v in samples(metrics).items() if k[0].startswith("guardproxy_upstream_duration_seconds_")}
+    expected = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in reference_registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    ours = {k: v for k, v in ours.items() if not k[0].endswith("_created")}
+    sums = [k for k in expected if k[0].endswith("_sum")]
+    for key in sums:
+        assert ours.pop(key) == pytest.approx(expected.pop(key))
+    assert ours == expected
+
+
+def test_requests_without_an_upstream_answer_add_no_upstream_observation(metrics: ProxyMetrics) -> None:
+    guard = MetricsGuard(metrics=metrics)
+    complete(guard, status=403, outcome="cors_refused", upstream=0.0)
+    found = samples(metrics)
+    route_label = frozenset({("route", "default")})
+    assert found[("guardproxy_request_duration_seconds_count", route_label)] == 1
+    assert ("guardproxy_upstream_duration_seconds_count", route_label) not in found
+
+
+def test_upstream_failures_are_counted_by_kind(metrics: ProxyMetrics) -> None:
+    guard = MetricsGuard(metrics=metrics)
+    complete(guard, status=502, outcome="upstream_error", upstream=0.0)
+    complete(guard, status=504, outcome="upstream_timeout", upstream=0.0)
+    complete(guard, status=504, outcome="upstream_timeout", upstream=0.0)
+    complete(guard, status=503, outcome="upstream_busy", upstream=0.0)
+    complete(guard, status=503, outcome="shed", upstream=0.0)  # guardproxy's own overload: not upstream's
+    found = samples(metrics)
+    errors = {
+        dict(labels)["kind"]: value
+        for (name, labels), value in found.items()
+        if name == "guardproxy_upstream_errors_total"
+    }
+    assert errors == {"unavailable": 1, "timeout": 2, "pool_exhausted": 1}
+
+
+def test_gauges_and_dropped_lines_are_read_at_every_scrape(metrics: ProxyMetrics) -> None:
+    state = {"in_flight": 3, "dropped": 0}
+    metrics.watch(in_flight=lambda: state["in_flight"], log_lines_dropped=lambda: state["dropped"])
+    found = samples(metrics)
+    assert found[("guardproxy_requests_in_flight", frozenset())] == 3
+    assert found[("guardproxy_log_lines_dropped_total", frozenset())] == 0
+    state.update(in_flight=0, dropped=5)
+    samples(metrics)
+    state["dropped"] = 7
+    found = samples(metrics)
+    assert found[("guardproxy_requests_in_flight", frozenset())] == 0
+    assert found[("guardproxy_log_lines_dropped_total", frozenset())] == 7  # not 5 + 7
+
+
+def test_protocol_refusals_by_reason_start_at_zero(metrics: ProxyMetrics) -> None:
+    def refusals() -> dict[str, float]:
+        return {
+            dict(labels)["reason"]: value
+            for (name, labels), value in samples(metrics).items()
+            if name == "guardproxy_protocol_refusals_total"
+        }
+
+    assert refusals() == dict.fromkeys(PROTOCOL_REFUSAL_REASONS.values(), 0)
+    metrics.count_protocol_refusal(431)
+    metrics.count_protocol_refusal(431)
+    metrics.count_protocol_refusal(400)
+    metrics.count_protocol_refusal(418)  # a status the protocol does not refuse with today
+    found = refusals()
+    assert found["head_too_large"] == 2
+    assert found["malformed"] == 1
+    assert found["other"] == 1
+    assert found["uri_too_long"] == 0
+
+
+def test_rate_limit_families_are_exposed_before_any_decision(metrics: ProxyMetrics) -> None:
+    found = families(metrics)
+    assert found["guardproxy_ratelimit_decisions"] == "counter"
+    assert found["guardproxy_ratelimit_store_errors"] == "counter"
+    assert found["guardproxy_ratelimit_fallback_active"] == "gauge"
+    text = metrics.render().decode()
+    assert "# HELP guardproxy_ratelimit_decisions_total " in text
+    for kind in ("timeout", "connection", "script", "other"):
+        assert f'guardproxy_ratelimit_store_errors_total{{kind="{kind}"}} 0.0' in text
+    assert "guardproxy_ratelimit_fallback_active 0.0" in text
+
+
+def test_rate_limit_interface_as_the_limiter_uses_it(metrics: ProxyMetrics) -> None:
+    metrics.declare_ratelimit_rules(["login"])
+    text = metrics.render().decode()
+    for decision in ("allowed", "limited", "dry_run_limited"):
+        assert f'guardproxy_ratelimit_decisions_total{{decision="{decision}",rule="login"}} 0.0' in text
+    metrics.ratelimit_decisions.labels("login", "limited").inc()
+    metrics.ratelimit_store_errors.labels("timeout").inc()
+    metrics.ratelimit_fallback_active.set(1)
+    found = samples(metrics)
+    assert found[("guardproxy_ratelimit_decisions_total", frozenset({("rule", "login"), ("decision", "limited")}))] == 1
+    assert found[("guardproxy_ratelimit_store_errors_total", frozenset({("kind", "timeout")}))] == 1
+    assert found[("guardproxy_ratelimit_fallback_active", frozenset())] == 1
+
+
+def test_many_routes_and_methods_stay_within_fixed_label_sets(metrics: ProxyMetrics) -> None:
+    guard = MetricsGuard(metrics=metrics)
+    for index in range(200):
+        complete(guard, method=f"X{index}")
+    series = [key for key in samples(metrics) if key[0] == "guardproxy_requests_total"]
+    assert len(series) == 1
