@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+# guardproxy image: wheels built in a throwaway stage, a slim runtime with no build tools, a fixed
+# non-root UID, and nothing written outside /tmp, so it runs with a read-only root filesystem.
+#
+#   docker build -t guardproxy .
+#   docker run --read-only --tmpfs /tmp -p 8080:8080 -e GUARDPROXY_UPSTREAM__URL=http://api:8000 guardproxy
+#
+# Configuration comes only from GUARDPROXY_* variables and an optional mounted file
+# (-v ./guardproxy.yaml:/etc/guardproxy/guardproxy.yaml:ro -e GUARDPROXY_CONFIG=/etc/guardproxy/guardproxy.yaml).
+# See docs/deployment.md.
+
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# Dependencies first, so a source change does not re-download them.
+COPY constraints.txt pyproject.toml README.md ./
+COPY src ./src
+# --only-binary: every dependency has a wheel for this interpreter; a missing one must fail the
+# build here rather than quietly need a compiler. The versions are the ones CI tested with.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt . \
+    && python -m venv /opt/guardproxy \
+    && /opt/guardproxy/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/guardproxy-*.whl \
+    && /opt/guardproxy/bin/pip uninstall --yes pip
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="guardproxy" \
+      org.opencontainers.image.description="A hardening reverse proxy for HTTP APIs" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A fixed UID, so Kubernetes' runAsUser and file permissions on mounted config can name it.
+RUN groupadd --system --gid 10001 guardproxy \
+    && useradd --system --no-log-init --uid 10001 --gid guardproxy \
+       --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin guardproxy
+
+# Bytecode was compiled at install time; the root filesystem may be read-only.
+COPY --from=builder /opt/guardproxy /opt/guardproxy
+
+# Inside a container both listeners bind every interface: the port mapping, the pod network or a
+# NetworkPolicy decides who reaches them (the admin port carries /healthz, /readyz and /metrics).
+# With --workers N the workers share metric files in metrics.multiprocess_dir; it must be below
+# /tmp, the one writable place (a tmpfs or an emptyDir). One worker does not use it.
+ENV PATH=/opt/guardproxy/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GUARDPROXY_SERVER__LISTEN=0.0.0.0:8080 \
+    GUARDPROXY_ADMIN__LISTEN=0.0.0.0:9090 \
+    GUARDPROXY_METRICS__MULTIPROCESS_DIR=/tmp/guardproxy-metrics
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080 9090
+
+# Liveness of the admin listener without curl: the port follows GUARDPROXY_ADMIN__LISTEN, and
+# ProxyHandler({}) keeps an inherited http_proxy variable from sending the probe elsewhere.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request as u; port = os.environ.get('GUARDPROXY_ADMIN__LISTEN', ':9090').rpartition(':')[2]; opener = u.build_opener(u.ProxyHandler({})); sys.exit(0 if opener.open('http://127.0.0.1:' + port + '/healthz', timeout=2).status == 200 else 1)"]
+
+ENTRYPOINT ["guardproxy"]
+CMD ["run"]
