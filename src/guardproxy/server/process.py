@@ -24,7 +24,12 @@ import structlog
 import uvicorn
 
 from guardproxy.admin import build_admin_app
-from guardproxy.app import build_proxy_app, build_redirect_app, security_headers_guard
+from guardproxy.app import (
+    build_proxy_app,
+    build_redirect_app,
+    build_shared_rate_limit_store,
+    security_headers_guard,
+)
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
@@ -124,6 +129,9 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
     readiness = Readiness(settings.upstream, lifecycle)
+    rate_limit_store = build_shared_rate_limit_store(settings, metrics)
+    if rate_limit_store is not None:
+        readiness.inform("rate_limit_store", rate_limit_store.report)
     answer_headers = (
         security_headers_guard(settings.security_headers).fixed_headers(https=False)
         if settings.security_headers.enabled
@@ -136,7 +144,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         answer_headers=answer_headers,
         count_refusal=metrics.count_protocol_refusal if metrics is not None else None,
     )
-    proxy_app = build_proxy_app(settings, pool, metrics)
+    proxy_app = build_proxy_app(settings, pool, metrics, rate_limit_store)
     proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
     admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
     redirect = (
@@ -185,6 +193,8 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         await admin_task
         await readiness.stop()
         await pool.aclose()
+        if rate_limit_store is not None:
+            await rate_limit_store.shared.aclose()
 
 
 def _run_worker(settings: Settings, listeners: Listeners) -> None:
