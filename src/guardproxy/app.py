@@ -105,9 +105,8 @@ def build_shared_rate_limit_store(settings: Settings, metrics: ProxyMetrics | No
     if limits.redis_url is None or not compile_rules(limits):
         return None
     return FailSoftStore(
-        RedisStore(connect(limits.redis_url.get_secret_value())),
+        RedisStore(connect(limits.redis_url.get_secret_value()), budget=limits.timeout),
         MemoryStore(max_keys=limits.local_max_keys),
-        budget=limits.timeout,
         fallback=limits.fallback,
         breaker_failures=limits.breaker_failures,
         breaker_cooldown=limits.breaker_cooldown,

@@ -1,6 +1,6 @@
 """Never an outage because Redis had one.
 
-Every shared check gets a short time budget. A check that fails or runs over is decided by the
+Every round trip to Redis gets a short time budget. A check that fails or runs over is decided by the
 fallback instead: the in-process limiter (`local`, the default: limits become per instance),
 admit everything (`allow`) or refuse everything with 429 (`deny`). After `breaker_failures`
 failures in a row the circuit opens: checks stop waiting on a dead Redis and go straight to the
@@ -26,6 +26,9 @@ from guardproxy.ratelimit.memory import MemoryStore
 from guardproxy.ratelimit.redis_store import RedisStore
 
 log = structlog.get_logger(component="guardproxy.rate_limit")
+
+# A check may queue behind the pipelines in flight (two at most) before its own is sent.
+_WAIT_BOUND_BUDGETS = 4
 
 Fallback = Literal["local", "allow", "deny"]
 # Where a decision came from: the shared store, or the fallback in use.
@@ -56,7 +59,6 @@ class FailSoftStore:
         shared: RedisStore,
         local: MemoryStore,
         *,
-        budget: float,
         fallback: Fallback,
         breaker_failures: int,
         breaker_cooldown: float,
@@ -65,7 +67,6 @@ class FailSoftStore:
     ) -> None:
         self.shared = shared
         self.local = local
-        self.budget = budget
         self.fallback: Fallback = fallback
         self.breaker_failures = breaker_failures
         self.breaker_cooldown = breaker_cooldown
@@ -83,7 +84,9 @@ class FailSoftStore:
         probe = self._open_until is not None
         self._probing = probe
         try:
-            async with asyncio.timeout(self.budget):
+            # The shared store holds each round trip to its budget; this only guarantees that no
+            # request waits on it without bound, whatever happens inside redis-py.
+            async with asyncio.timeout(_WAIT_BOUND_BUDGETS * self.shared.budget):
                 backlogs = await self.shared.check(keys, rates, enforce)
         except Exception as exc:  # whatever Redis (or redis-py) does, requests go on
             self._failed(exc, probe)

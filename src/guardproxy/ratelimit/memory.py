@@ -10,7 +10,7 @@ budget, which costs an attacker a new address per burst).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from guardproxy.ratelimit.gcra import Rate, fits
 
@@ -19,8 +19,9 @@ _SWEEP_PER_CHECK = 8
 
 
 class MemoryStore:
-    def __init__(self, *, max_keys: int) -> None:
+    def __init__(self, *, max_keys: int, clock: Callable[[], int] | None = None) -> None:
         self.max_keys = max_keys
+        self._clock = clock or _monotonic_us
         self._tats: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -30,7 +31,7 @@ class MemoryStore:
         """Decide one request against several limits at once, all or nothing: returns each key's
         backlog before this request; every limit that admits it advances, unless an enforcing
         limit refuses it, in which case nothing changes. Redis' script does exactly this."""
-        now = time.monotonic_ns() // 1000
+        now = self._clock()
         tats = self._tats
         backlogs = [max(tats.get(key, now) - now, 0) for key in keys]
         admitted = [fits(backlog, rate) for backlog, rate in zip(backlogs, rates, strict=True)]
@@ -51,3 +52,7 @@ class MemoryStore:
             if tats[oldest] > now and len(tats) <= self.max_keys:
                 return
             del tats[oldest]
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000

@@ -61,12 +61,16 @@ class Rule:
 
 def client_key(host: str) -> bytes:
     """An IPv6 client is keyed by its /64: one subscriber gets a whole /64 and could otherwise
-    take a fresh budget from each of its 2**64 addresses."""
+    take a fresh budget from each of its 2**64 addresses. IPv4 (also IPv4-mapped, as a
+    dual-stack listener reports it) is keyed by the address."""
     if ":" in host:
         try:
-            return str(ipaddress.IPv6Network((host, 64), strict=False).network_address).encode() + b"/64"
+            address = ipaddress.IPv6Address(host)
         except ValueError:
-            pass
+            return host.encode()
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped).encode()
+        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address).encode() + b"/64"
     return host.encode()
 
 

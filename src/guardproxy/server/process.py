@@ -178,6 +178,8 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     await readiness.start()
     if metrics is not None:
         metrics.start_flushing()
+    if rate_limit_store is not None:
+        await rate_limit_store.shared.warm_up()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
     redirect_task = None
     if redirect is not None and listeners.redirect is not None:
