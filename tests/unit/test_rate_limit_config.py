@@ -107,12 +107,18 @@ def test_rules_compile_with_the_flag_rule_first() -> None:
         }
     )
     per_ip, login, keys = compile_rules(settings.rate_limit)
-    assert per_ip.name == "per-ip" and per_ip.enforce and per_ip.key_parts == ("client_ip",)
+    assert per_ip.name == "per-ip"
+    assert per_ip.enforce
+    assert per_ip.key_parts == ("client_ip",)
     assert per_ip.policy_item == b'"per-ip";q=100;w=60'
-    assert login.rate.burst == 2 and login.routes == frozenset({"login"})
-    assert login.matches("login", "POST", "/login") and not login.matches("default", "POST", "/login")
-    assert not keys.enforce and keys.key_parts == (b"x-api-key", "route")
-    assert keys.matches("default", "GET", "/api/x") and not keys.matches("default", "GET", "/apix")
+    assert login.rate.burst == 2
+    assert login.routes == frozenset({"login"})
+    assert login.matches("login", "POST", "/login")
+    assert not login.matches("default", "POST", "/login")
+    assert not keys.enforce
+    assert keys.key_parts == (b"x-api-key", "route")
+    assert keys.matches("default", "GET", "/api/x")
+    assert not keys.matches("default", "GET", "/apix")
 
 
 def test_no_rule_means_no_rate_limiting() -> None:
