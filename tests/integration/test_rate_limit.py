@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ import orjson
 import pytest
 
 from tests.integration.test_metrics import scrape, value
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, port_open, wait_until
 from tests.support.redis import SHARED_REDIS_URL, RedisServer, shared_redis, start_redis, unique_prefix
 
 POLICY = re.compile(r'^"(?P<name>[A-Za-z0-9_.-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
@@ -429,3 +430,65 @@ def test_keys_expire_when_their_budget_is_whole_again(start_proxy, upstream) -> 
     # The key names the rule; the client's address appears only hashed.
     assert b"{per-ip:" in keys[0]
     assert b"127.0.0.1" not in keys[0]
+
+
+# --- Sentinel and Cluster -----------------------------------------------------------------------
+
+
+def test_a_sentinel_url_finds_the_primary_and_limits_through_it(start_proxy, upstream, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor primary 127.0.0.1 {redis_server.port} 1\n")
+    sentinel = subprocess.Popen(
+        ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: port_open(sentinel_port))
+        gp = start_proxy(
+            upstream.url, "--rate-limit", "2/hour", "--redis-url", f"redis+sentinel://127.0.0.1:{sentinel_port}/primary"
+        )
+        assert statuses(f"{gp.url}/echo", 3) == [200, 200, 429]
+        assert len(redis_server.client().keys("guardproxy:rl:*")) == 1
+        assert value(scrape(gp), "guardproxy_ratelimit_fallback_active") == 0
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+
+
+def test_a_cluster_url_spreads_keys_over_the_nodes_and_limits_exactly(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    nodes = [
+        start_redis(tmp_path / f"node{index}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        for index in range(3)
+    ]
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in nodes), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        # Every node must know every slot's owner before guardproxy asks any of them.
+        wait_until(
+            lambda: all(b"cluster_state:ok" in node.client().execute_command("CLUSTER", "INFO") for node in nodes),
+            timeout=20,
+        )
+        gp = start_proxy(
+            upstream.url,
+            "--rate-limit",
+            "3/hour",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--redis-url",
+            f"redis+cluster://127.0.0.1:{nodes[0].port}",
+        )
+        clients = [f"198.51.100.{n}" for n in range(12)]
+        for client in clients:
+            codes = statuses(f"{gp.url}/echo", 4, headers={"X-Forwarded-For": client})
+            assert codes == [200, 200, 200, 429], client
+        per_node = [len(node.client().keys("guardproxy:rl:*")) for node in nodes]
+        assert sum(per_node) == len(clients)
+        assert sum(1 for count in per_node if count) >= 2, per_node  # hash tags spread the keys
+        assert value(scrape(gp), "guardproxy_ratelimit_fallback_active") == 0
+    finally:
+        for node in nodes:
+            node.kill()

@@ -184,6 +184,11 @@ class RedisStore:
         return results
 
     async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
+        if self._cluster:
+            # redis-py refuses scripts in cluster pipelines; concurrent calls still cost one
+            # round trip per node in parallel, routed by each call's key.
+            replies = asyncio.gather(*(self._client.evalsha(GCRA_SHA, *call) for call in calls), return_exceptions=True)
+            return list(await replies)
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(GCRA_SHA, *call)
