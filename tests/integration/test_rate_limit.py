@@ -18,7 +18,14 @@ import pytest
 
 from tests.integration.test_metrics import scrape, value
 from tests.support.processes import free_port, port_open, wait_until
-from tests.support.redis import SHARED_REDIS_URL, RedisServer, shared_redis, start_redis, unique_prefix
+from tests.support.redis import (
+    SHARED_REDIS_URL,
+    RedisServer,
+    free_cluster_port,
+    shared_redis,
+    start_redis,
+    unique_prefix,
+)
 
 POLICY = re.compile(r'^"(?P<name>[A-Za-z0-9_.-]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
 STATUS = re.compile(r'^"(?P<name>[A-Za-z0-9_.-]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
@@ -457,7 +464,14 @@ def test_a_sentinel_url_finds_the_primary_and_limits_through_it(start_proxy, ups
 
 def test_a_cluster_url_spreads_keys_over_the_nodes_and_limits_exactly(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
     nodes = [
-        start_redis(tmp_path / f"node{index}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        start_redis(
+            tmp_path / f"node{index}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            port=free_cluster_port(),
+        )
         for index in range(3)
     ]
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -42,6 +43,18 @@ class RedisServer:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, Redis' fixed offset) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            try:
+                with socket.create_server(("127.0.0.1", port + 10000)):
+                    return port
+            except OSError:
+                continue
 
 
 def start_redis(directory: Path, *args: str, port: int | None = None) -> RedisServer:

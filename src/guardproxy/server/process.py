@@ -36,6 +36,7 @@ from guardproxy.health import Readiness
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.observability.multiprocess import MetricsDirectory, MetricsDirectoryError
+from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.server.limits import ConnectionLimits, Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
 from guardproxy.upstream import build_pool
@@ -129,9 +130,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
     readiness = Readiness(settings.upstream, lifecycle)
-    rate_limit_store = build_shared_rate_limit_store(settings, metrics)
-    if rate_limit_store is not None:
-        readiness.inform("rate_limit_store", rate_limit_store.report)
+    rate_limit_store = await _start_rate_limit_store(settings, metrics, readiness)
     answer_headers = (
         security_headers_guard(settings.security_headers).fixed_headers(https=False)
         if settings.security_headers.enabled
@@ -178,8 +177,6 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     await readiness.start()
     if metrics is not None:
         metrics.start_flushing()
-    if rate_limit_store is not None:
-        await rate_limit_store.shared.warm_up()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
     redirect_task = None
     if redirect is not None and listeners.redirect is not None:
@@ -197,6 +194,16 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         await pool.aclose()
         if rate_limit_store is not None:
             await rate_limit_store.shared.aclose()
+
+
+async def _start_rate_limit_store(
+    settings: Settings, metrics: ProxyMetrics | None, readiness: Readiness
+) -> FailSoftStore | None:
+    store = build_shared_rate_limit_store(settings, metrics)
+    if store is not None:
+        readiness.inform("rate_limit_store", store.report)
+        await store.shared.warm_up()
+    return store
 
 
 def _run_worker(settings: Settings, listeners: Listeners) -> None:
