@@ -25,6 +25,7 @@ from tests.deploy.dockerfile import (
     problems,
     seconds,
 )
+from tests.deploy.settings import unknown_settings
 from tests.support.processes import Guardproxy, UpstreamProcess, free_port
 
 REAL = DOCKERFILE.read_text()
@@ -163,8 +164,12 @@ def _check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_image_environment_names_only_real_settings() -> None:
+    assert unknown_settings(_image_env()) == []
+
+
 def test_image_environment_is_a_valid_configuration() -> None:
-    """Every GUARDPROXY_* variable the image sets is a real setting with a valid value."""
+    """Every GUARDPROXY_* variable the image sets has a valid value."""
     result = _check_config({**_image_env(), "GUARDPROXY_UPSTREAM__URL": "http://api:8000"})
     assert result.returncode == 0, result.stderr
     effective = yaml.safe_load(result.stdout)

@@ -70,6 +70,7 @@ def test_upstream_failures_are_counted_by_kind(start_proxy) -> None:  # type: ig
         assert httpx.get(f"{gp.url}/x").status_code == 502
     samples = scrape(gp)
     assert value(samples, "guardproxy_upstream_errors_total", route="default", kind="unavailable") == 3
+    assert samples[("guardproxy_upstream_up", frozenset())] == 0
     refused = {"route": "default", "method": "GET", "status_class": "5xx", "outcome": "upstream_error"}
     assert value(samples, "guardproxy_requests_total", **refused) == 3
 
@@ -85,6 +86,7 @@ def test_in_flight_gauge_counts_requests_being_answered(start_proxy, upstream) -
         thread.join()
     samples = scrape(gp)
     assert value(samples, "guardproxy_requests_in_flight") == 0
+    assert samples[("guardproxy_upstream_up", frozenset())] == 1
     assert samples[("guardproxy_log_lines_dropped_total", frozenset())] == 0
 
 

@@ -173,6 +173,14 @@ def test_gauges_and_dropped_lines_are_read_at_every_scrape(metrics: ProxyMetrics
     assert found[("guardproxy_log_lines_dropped_total", frozenset())] == 7  # not 5 + 7
 
 
+def test_upstream_up_follows_the_readiness_probe(metrics: ProxyMetrics) -> None:
+    probe = {"ok": False}
+    metrics.watch_upstream(lambda: probe["ok"])
+    assert samples(metrics)[("guardproxy_upstream_up", frozenset())] == 0
+    probe["ok"] = True
+    assert samples(metrics)[("guardproxy_upstream_up", frozenset())] == 1
+
+
 def test_protocol_refusals_by_reason_start_at_zero(metrics: ProxyMetrics) -> None:
     def refusals() -> dict[str, float]:
         return {

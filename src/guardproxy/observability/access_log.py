@@ -49,12 +49,12 @@ class _Clock:
         self._prefix = ""
 
     def now(self) -> str:
-        now = time.time()
-        second = int(now)
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        # Zero-padded to six digits; about a third cheaper than a format spec, per request.
+        return self._prefix + str(1_000_000 + micros)[1:] + "Z"
 
 
 class AccessLogGuard(Guard):
@@ -85,8 +85,9 @@ class AccessLogGuard(Guard):
             "outcome": context.outcome,
             "request_bytes": context.request_bytes,
             "response_bytes": context.response_bytes,
-            "duration_ms": round((time.perf_counter() - context.started_at) * 1000, 3),
-            "upstream_ms": round(context.upstream_seconds * 1000, 3) if context.upstream_seconds else None,
+            # Whole microseconds, in milliseconds: int() is cheaper than round(x, 3) per request.
+            "duration_ms": int((time.perf_counter() - context.started_at) * 1_000_000) / 1000,
+            "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
             "user_agent": user_agent,
         }
         self.sink.write(orjson.dumps(record) + b"\n")

@@ -99,6 +99,12 @@ class ProxyMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.upstream_up = Gauge(
+            "guardproxy_upstream_up",
+            "1 while the readiness probe reaches the upstream (in any live worker), else 0.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.workers = Gauge(
             "guardproxy_workers", "Worker processes serving.", registry=registry, multiprocess_mode="livesum"
         )
@@ -139,6 +145,7 @@ class ProxyMetrics:
         self._in_flight: Callable[[], float] = lambda: 0
         self._log_lines_dropped: Callable[[], int] = lambda: 0
         self._log_lines_dropped_seen = 0
+        self._upstream_up: Callable[[], bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -162,6 +169,10 @@ class ProxyMetrics:
         self._in_flight = in_flight
         self._log_lines_dropped = log_lines_dropped
 
+    def watch_upstream(self, up: Callable[[], bool]) -> None:
+        """The readiness probe's latest verdict on the upstream, read at every flush."""
+        self._upstream_up = up
+
     def count_protocol_refusal(self, status: int) -> None:
         self.protocol_refusals.labels(PROTOCOL_REFUSAL_REASONS.get(status, "other")).inc()
 
@@ -171,6 +182,8 @@ class ProxyMetrics:
             for route, tally in take().items():
                 self._flush_route(route, tally)
         self.in_flight.set(self._in_flight())
+        if self._upstream_up is not None:
+            self.upstream_up.set(1 if self._upstream_up() else 0)
         dropped = self._log_lines_dropped()
         if dropped > self._log_lines_dropped_seen:
             self.log_lines_dropped.inc(dropped - self._log_lines_dropped_seen)

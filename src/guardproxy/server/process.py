@@ -130,6 +130,8 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
     readiness = Readiness(settings.upstream, lifecycle)
+    if metrics is not None:
+        metrics.watch_upstream(lambda: readiness.upstream.ok)
     rate_limit_store = await _start_rate_limit_store(settings, metrics, readiness)
     answer_headers = (
         security_headers_guard(settings.security_headers).fixed_headers(https=False)
