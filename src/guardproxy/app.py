@@ -6,6 +6,11 @@ the ones above it have established.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter
+
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
     CorsSettings,
@@ -23,6 +28,7 @@ from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
 from guardproxy.guards.paths import PathGuard
+from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
 from guardproxy.observability.access_log import AccessLogGuard
@@ -30,6 +36,10 @@ from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
+from guardproxy.ratelimit.failsoft import FailSoftStore
+from guardproxy.ratelimit.memory import MemoryStore
+from guardproxy.ratelimit.redis_store import RedisStore, connect
+from guardproxy.ratelimit.rules import compile_rules
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
 from guardproxy.upstream import upstream_origin
 
@@ -88,7 +98,60 @@ def security_headers_guard(settings: SecurityHeadersSettings) -> SecurityHeaders
     )
 
 
-def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard]:
+def build_shared_rate_limit_store(settings: Settings, metrics: ProxyMetrics | None) -> FailSoftStore | None:
+    """The Redis-backed store behind the rate limits, when one is configured; the caller owns
+    it and closes it at shutdown."""
+    limits = settings.rate_limit
+    if limits.redis_url is None or not compile_rules(limits):
+        return None
+    return FailSoftStore(
+        RedisStore(connect(limits.redis_url.get_secret_value()), budget=limits.timeout),
+        MemoryStore(max_keys=limits.local_max_keys),
+        fallback=limits.fallback,
+        breaker_failures=limits.breaker_failures,
+        breaker_cooldown=limits.breaker_cooldown,
+        on_error=_counting(metrics.ratelimit_store_errors) if metrics is not None else _ignore,
+        on_degraded=(lambda on: metrics.ratelimit_fallback_active.set(int(on))) if metrics is not None else _ignore,
+    )
+
+
+def rate_limit_guard(
+    settings: Settings, metrics: ProxyMetrics | None, shared: FailSoftStore | None
+) -> RateLimitGuard | None:
+    rules = compile_rules(settings.rate_limit)
+    if not rules:
+        return None
+    return RateLimitGuard(
+        rules=rules,
+        route_names=[policy.name for policy in build_route_table(settings).policies],
+        key_prefix=settings.rate_limit.key_prefix,
+        local=shared.local if shared is not None else MemoryStore(max_keys=settings.rate_limit.local_max_keys),
+        shared=shared,
+        count_decision=_counting(metrics.ratelimit_decisions) if metrics is not None else _ignore,
+    )
+
+
+def _counting(counter: Counter) -> Callable[..., None]:
+    """Increments `counter` for the given label values, looking each child up once: labels()
+    takes a lock and validates, too slow for every request."""
+    children: dict[tuple[str, ...], Any] = {}
+
+    def increment(*labels: str) -> None:
+        child = children.get(labels)
+        if child is None:
+            child = children[labels] = counter.labels(*labels)
+        child.inc()
+
+    return increment
+
+
+def _ignore(*_: object) -> None:
+    return None
+
+
+def build_guards(
+    settings: Settings, metrics: ProxyMetrics | None, rate_limit_store: FailSoftStore | None = None
+) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives."""
     guards: list[Guard] = []
@@ -125,6 +188,10 @@ def build_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
+    rate_limit = rate_limit_guard(settings, metrics, rate_limit_store)
+    if rate_limit is not None:
+        # Its decision waits on a store, so the chain runs it after every cheaper check above.
+        guards.append(rate_limit)
     if settings.compression.enabled:
         # Last: it sees response heads after every other guard has set its headers.
         compression = settings.compression
@@ -166,10 +233,17 @@ async def _never_reached(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("the redirect listener answers every request from its guards")
 
 
-def build_proxy_app(settings: Settings, transport: UpstreamTransport, metrics: ProxyMetrics | None) -> ASGIApp:
+def build_proxy_app(
+    settings: Settings,
+    transport: UpstreamTransport,
+    metrics: ProxyMetrics | None,
+    rate_limit_store: FailSoftStore | None = None,
+) -> ASGIApp:
     forwarder = Forwarder(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
     )
-    return GuardChain(forwarder, guards=build_guards(settings, metrics), routes=build_route_table(settings))
+    return GuardChain(
+        forwarder, guards=build_guards(settings, metrics, rate_limit_store), routes=build_route_table(settings)
+    )

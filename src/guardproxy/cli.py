@@ -73,6 +73,8 @@ FLAGS = (
         "HOST",
         repeatable=True,
     ),
+    Flag("--rate-limit", "rate_limit.per_client_ip", "limit each client address, e.g. 100/minute", "N/PERIOD"),
+    Flag("--redis-url", "rate_limit.redis_url", "share rate limits through Redis (else per process)", "URL"),
 )
 
 

@@ -41,6 +41,8 @@ class RequestContext:
     status: int = 0
     # Counted against the in-flight limit (and to be released when the request ends).
     admitted: bool = False
+    # RateLimit-Policy and RateLimit fields for this response, when a rule counted the request.
+    rate_limit_headers: Sequence[tuple[bytes, bytes]] = ()
     # The CORS grant for this response, decided from the request's Origin.
     cors_headers: Sequence[tuple[bytes, bytes]] = ()
     # For the access log: body bytes received and sent (before compression), and the time the

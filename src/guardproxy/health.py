@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -41,17 +42,25 @@ class Readiness:
         self.upstream = CheckResult(ok=False, detail="not checked yet", checked_at=0.0)
         self._lifecycle = lifecycle
         self._task: asyncio.Task[None] | None = None
+        self._informational: dict[str, Callable[[], dict[str, object]]] = {}
         self._client: httpx.AsyncClient | None = None
 
     @property
     def ready(self) -> bool:
         return self.upstream.ok and not self._lifecycle.draining
 
+    def inform(self, name: str, report: Callable[[], dict[str, object]]) -> None:
+        """Adds a check that /readyz reports but that never makes the proxy unready: a degraded
+        part with a working fallback (the rate-limit store) is news, not a reason to stop traffic."""
+        self._informational[name] = report
+
     def report(self) -> dict[str, object]:
+        checks: dict[str, object] = {"upstream": self.upstream.as_json()}
+        checks.update((name, report()) for name, report in self._informational.items())
         return {
             "status": "ready" if self.ready else "not_ready",
             "draining": self._lifecycle.draining,
-            "checks": {"upstream": self.upstream.as_json()},
+            "checks": checks,
         }
 
     async def start(self) -> None:

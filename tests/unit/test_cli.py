@@ -106,6 +106,9 @@ ENV_EXAMPLES = {
     ),
     "trusted_proxies.cidrs": ("10.0.0.0/8, 192.0.2.7", ["10.0.0.0/8", "192.0.2.7"]),
     "hosts.allowed": ("api.example.com,*.Example.org", ["api.example.com", "*.example.org"]),
+    "rate_limit.per_client_ip": ("100/minute", "100/minute"),
+    # Printed redacted: the URL may carry Redis' password.
+    "rate_limit.redis_url": ("redis://:hunter2@cache:6379/0", "**********"),
 }
 
 

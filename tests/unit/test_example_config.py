@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from guardproxy.config import RouteSettings, Settings, load_settings
+from guardproxy.config import RateLimitRule, RouteSettings, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "guardproxy.yaml"
 
@@ -44,3 +44,26 @@ def test_example_defaults_are_the_real_defaults() -> None:
     from_file.pop("routes")
     defaults.pop("routes")
     assert from_file == defaults
+
+
+def _commented_rule_example() -> list[dict[str, Any]]:
+    """The rules example under rate_limit, which is commented out (no rule applies by default)."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("  # rules:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line.removeprefix("  # "))
+    rules: list[dict[str, Any]] = yaml.safe_load("\n".join(block))["rules"]
+    return rules
+
+
+def test_example_rate_limit_rules_load_and_show_every_rule_option() -> None:
+    rules = _commented_rule_example()
+    values = yaml.safe_load(EXAMPLE.read_text())
+    values["rate_limit"]["rules"] = rules
+    settings = Settings.model_validate(values)
+    assert [rule.name for rule in settings.rate_limit.rules] == [rule["name"] for rule in rules]
+    shown = set().union(*(rule.keys() for rule in rules))
+    assert shown == set(RateLimitRule.model_fields)

@@ -47,6 +47,7 @@ from guardproxy.config.guards import (
     check_cors,
 )
 from guardproxy.config.observability import LoggingSettings, MetricsSettings
+from guardproxy.config.rate_limit import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
 from guardproxy.config.routes import RouteSettings
 from guardproxy.config.server import (
     AdminSettings,
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     paths: PathSettings = PathSettings()
     concurrency: ConcurrencySettings = ConcurrencySettings()
     compression: CompressionSettings = CompressionSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []
@@ -111,6 +113,15 @@ class Settings(BaseSettings):
                 check_cors(cors.origins, cors.allow_credentials)
             except ValueError as exc:
                 raise ValueError(f"routes[{route.name}].cors: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _rule_routes(self) -> Settings:
+        known = {route.name for route in self.routes} | {DEFAULT_ROUTE_NAME}
+        for rule in self.rate_limit.rules:
+            for name in rule.routes:
+                if name not in known:
+                    raise ValueError(f"rate_limit.rules[{rule.name}].routes: no route is named {name!r}")
         return self
 
     @model_validator(mode="after")
@@ -205,6 +216,7 @@ __all__ = [
     "CONFIG_FILE_ENV",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
+    "PER_CLIENT_RULE",
     "Address",
     "AdminSettings",
     "BodyLimitOverride",
@@ -221,6 +233,8 @@ __all__ = [
     "LoggingSettings",
     "MetricsSettings",
     "PathSettings",
+    "RateLimitRule",
+    "RateLimitSettings",
     "RequestIdSettings",
     "RouteSettings",
     "Section",

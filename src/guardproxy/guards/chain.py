@@ -1,8 +1,11 @@
 """The guard chain: one ordered list of small guards, run by one ASGI application.
 
-A guard is a plain object with up to three hooks, like a structlog processor:
+A guard is a plain object with a few hooks, like a structlog processor:
   on_request(scope, context)            before forwarding, in chain order; returning an `Answer`
                                         (a refusal, a redirect, a preflight reply) ends the request
+  on_request_async(scope, context)      the same for a decision that must wait (a Redis round trip);
+                                        these run after every on_request hook, so a refusal that
+                                        costs nothing always comes before one that costs a wait
   on_response_start(context, headers)   on every response head, guardproxy's own answers included,
                                         in reverse order (the first guard has the last word)
   on_complete(scope, context)           once the response is done or abandoned: metrics, logs
@@ -39,6 +42,9 @@ class Guard:
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         return None
 
+    async def on_request_async(self, scope: Scope, context: RequestContext) -> Answer | None:
+        return None
+
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
         return None
 
@@ -68,6 +74,7 @@ class GuardChain:
         self.routes = routes
         self.guards = tuple(guards)
         self._on_request = [g.on_request for g in self.guards if _overrides(g, "on_request")]
+        self._on_request_async = [g.on_request_async for g in self.guards if _overrides(g, "on_request_async")]
         self._on_response_start = [
             g.on_response_start for g in reversed(self.guards) if _overrides(g, "on_response_start")
         ]
@@ -127,6 +134,11 @@ class GuardChain:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
         for on_request in self._on_request:
             answer = on_request(scope, context)
+            if answer is not None:
+                await answer.send(send)
+                return
+        for on_request_async in self._on_request_async:
+            answer = await on_request_async(scope, context)
             if answer is not None:
                 await answer.send(send)
                 return

@@ -24,13 +24,19 @@ import structlog
 import uvicorn
 
 from guardproxy.admin import build_admin_app
-from guardproxy.app import build_proxy_app, build_redirect_app, security_headers_guard
+from guardproxy.app import (
+    build_proxy_app,
+    build_redirect_app,
+    build_shared_rate_limit_store,
+    security_headers_guard,
+)
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.health import Readiness
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.observability.multiprocess import MetricsDirectory, MetricsDirectoryError
+from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.server.limits import ConnectionLimits, Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
 from guardproxy.upstream import build_pool
@@ -126,6 +132,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     readiness = Readiness(settings.upstream, lifecycle)
     if metrics is not None:
         metrics.watch_upstream(lambda: readiness.upstream.ok)
+    rate_limit_store = await _start_rate_limit_store(settings, metrics, readiness)
     answer_headers = (
         security_headers_guard(settings.security_headers).fixed_headers(https=False)
         if settings.security_headers.enabled
@@ -138,7 +145,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         answer_headers=answer_headers,
         count_refusal=metrics.count_protocol_refusal if metrics is not None else None,
     )
-    proxy_app = build_proxy_app(settings, pool, metrics)
+    proxy_app = build_proxy_app(settings, pool, metrics, rate_limit_store)
     proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
     admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
     redirect = (
@@ -187,6 +194,18 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
         await admin_task
         await readiness.stop()
         await pool.aclose()
+        if rate_limit_store is not None:
+            await rate_limit_store.shared.aclose()
+
+
+async def _start_rate_limit_store(
+    settings: Settings, metrics: ProxyMetrics | None, readiness: Readiness
+) -> FailSoftStore | None:
+    store = build_shared_rate_limit_store(settings, metrics)
+    if store is not None:
+        readiness.inform("rate_limit_store", store.report)
+        await store.shared.warm_up()
+    return store
 
 
 def _run_worker(settings: Settings, listeners: Listeners) -> None:

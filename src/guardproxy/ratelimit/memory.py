@@ -1,0 +1,58 @@
+"""The in-process store: right for a single instance, and the fallback when Redis fails.
+
+Each key's TAT lives in a dict ordered by last update. A key whose TAT has passed is equivalent
+to an absent one, so expired keys are dropped from the front as requests come in: memory follows
+the number of keys active within one burst's time, not the number of clients ever seen. A hard
+cap bounds it against address-spraying; past it the stalest keys are forgotten (they get a fresh
+budget, which costs an attacker a new address per burst).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from guardproxy.ratelimit.gcra import Rate, fits
+
+# Expired keys removed per check at most, so one request never pays for a big sweep.
+_SWEEP_PER_CHECK = 8
+
+
+class MemoryStore:
+    def __init__(self, *, max_keys: int, clock: Callable[[], int] | None = None) -> None:
+        self.max_keys = max_keys
+        self._clock = clock or _monotonic_us
+        self._tats: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> list[int]:
+        """Decide one request against several limits at once, all or nothing: returns each key's
+        backlog before this request; every limit that admits it advances, unless an enforcing
+        limit refuses it, in which case nothing changes. Redis' script does exactly this."""
+        now = self._clock()
+        tats = self._tats
+        backlogs = [max(tats.get(key, now) - now, 0) for key in keys]
+        admitted = [fits(backlog, rate) for backlog, rate in zip(backlogs, rates, strict=True)]
+        if all(ok or not enforcing for ok, enforcing in zip(admitted, enforce, strict=True)):
+            for key, rate, backlog, ok in zip(keys, rates, backlogs, admitted, strict=True):
+                if ok:
+                    tats.pop(key, None)  # re-insert at the end: the dict stays in update order
+                    tats[key] = now + backlog + rate.interval_us
+        self._sweep(now)
+        return backlogs
+
+    def _sweep(self, now: int) -> None:
+        tats = self._tats
+        for _ in range(_SWEEP_PER_CHECK):
+            if not tats:
+                return
+            oldest = next(iter(tats))
+            if tats[oldest] > now and len(tats) <= self.max_keys:
+                return
+            del tats[oldest]
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000

@@ -1,0 +1,111 @@
+"""Rules compiled once at start: which requests each counts, what its budgets belong to, and
+the header items that advertise it (draft-ietf-httpapi-ratelimit-headers)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guardproxy.asgi import Scope
+from guardproxy.config import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
+from guardproxy.context import RequestContext
+from guardproxy.ratelimit.gcra import Rate, parse_rate
+from guardproxy.routes import compile_path_pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    rate: Rate
+    enforce: bool
+    # Key parts, in order: "client_ip", "route", or a lower-case header name as bytes.
+    key_parts: tuple[str | bytes, ...]
+    routes: frozenset[str] | None
+    path: re.Pattern[str] | None
+    methods: frozenset[str] | None
+    # `"per-ip";q=100;w=60`: this rule's item in RateLimit-Policy.
+    policy_item: bytes
+
+    def matches(self, route: str, method: str, path: str) -> bool:
+        if self.routes is not None:
+            return route in self.routes
+        if self.path is None:
+            return True
+        return (self.methods is None or method in self.methods) and self.path.match(path) is not None
+
+    def status_item(self, remaining: int, reset_seconds: int) -> bytes:
+        """This rule's item in the RateLimit field: what is left, and when it is all back."""
+        return b'"%s";r=%d;t=%d' % (self.name.encode(), remaining, reset_seconds)
+
+    def key(self, prefix: str, scope: Scope, context: RequestContext) -> str:
+        """The store key of this request's budget under this rule. Client data is hashed, so
+        neither addresses nor API keys are stored in the clear and keys stay short."""
+        digest = hashlib.blake2b(self.name.encode(), digest_size=12)
+        for part in self.key_parts:
+            digest.update(b"\0")
+            if part == "client_ip":
+                digest.update(client_key(context.client_host))
+            elif part == "route":
+                digest.update(context.route.name.encode())
+            else:
+                value = _header(scope, part)  # type: ignore[arg-type]
+                # Without the header, the client's address keys it: a missing API key must not
+                # put every anonymous client into one shared budget.
+                digest.update(b"h=" + value if value is not None else b"ip=" + client_key(context.client_host))
+        # The braces are a Redis Cluster hash tag: the key's slot follows rule and digest.
+        return f"{prefix}{{{self.name}:{digest.hexdigest()}}}"
+
+
+def client_key(host: str) -> bytes:
+    """An IPv6 client is keyed by its /64: one subscriber gets a whole /64 and could otherwise
+    take a fresh budget from each of its 2**64 addresses. IPv4 (also IPv4-mapped, as a
+    dual-stack listener reports it) is keyed by the address."""
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return host.encode()
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped).encode()
+        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address).encode() + b"/64"
+    return host.encode()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for field, value in scope["headers"]:
+        if field == name:
+            return bytes(value)
+    return None
+
+
+def compile_rule(settings: RateLimitRule) -> Rule:
+    rate = parse_rate(settings.rate, settings.burst)
+    return Rule(
+        name=settings.name,
+        rate=rate,
+        enforce=settings.mode == "enforce",
+        key_parts=tuple(
+            part.removeprefix("header:").lower().encode() if part.startswith("header:") else part
+            for part in settings.key
+        ),
+        routes=frozenset(settings.routes) if settings.routes else None,
+        path=compile_path_pattern(settings.path) if settings.path is not None else None,
+        methods=frozenset(settings.methods) if settings.methods is not None else None,
+        policy_item=b'"%s";q=%d;w=%d' % (settings.name.encode(), rate.count, rate.period_seconds),
+    )
+
+
+def compile_rules(settings: RateLimitSettings) -> list[Rule]:
+    rules = [compile_rule(rule) for rule in settings.rules]
+    if settings.per_client_ip is not None:
+        rules.insert(0, compile_rule(RateLimitRule(name=PER_CLIENT_RULE, rate=settings.per_client_ip)))
+    return rules
+
+
+def rules_by_route(rules: Sequence[Rule], route_names: Sequence[str]) -> dict[str, tuple[Rule, ...]]:
+    """For each route, the rules that may count its requests, so a route no rule concerns costs
+    one dictionary lookup."""
+    return {name: tuple(rule for rule in rules if rule.routes is None or name in rule.routes) for name in route_names}
