@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.deploy.dockerfile import DOCKERFILE, REPO, env_values, healthcheck_command, listen_port, parse, seconds
-from tests.deploy.settings import is_setting, unknown_settings
+from tests.deploy.settings import unknown_settings
 
 COMPOSE = REPO / "docker-compose.yml"
 Compose = dict[str, Any]
@@ -142,14 +142,6 @@ def load() -> Compose:
     return compose
 
 
-# Rate limiting (issue 5) is being merged; until its settings exist, the compose file's Redis URL
-# is an unknown setting and these two cannot pass.
-needs_rate_limit = pytest.mark.skipif(
-    not is_setting("GUARDPROXY_RATE_LIMIT__REDIS_URL"), reason="rate_limit settings not merged yet"
-)
-
-
-@needs_rate_limit
 def test_compose_file_keeps_its_promises() -> None:
     assert compose_problems(load()) == []
 
@@ -268,7 +260,6 @@ def _compose_guardproxy_env(compose: Compose) -> dict[str, str]:
     return {**IMAGE_ENV, **_env(service), "GUARDPROXY_CONFIG": str(config_file)}
 
 
-@needs_rate_limit
 def test_guardproxy_accepts_the_compose_configuration() -> None:
     result = _check_config(_compose_guardproxy_env(load()))
     assert result.returncode == 0, result.stderr
