@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -15,6 +17,8 @@ from pydantic import (
 from pydantic_settings import (
     NoDecode,
 )
+
+from guardproxy.routes import PatternError, compile_path_pattern
 
 ENV_PREFIX = "GUARDPROXY_"
 ENV_NESTED_DELIMITER = "__"
@@ -76,3 +80,27 @@ def _comma_separated(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+
+
+def _path_pattern(value: str) -> str:
+    try:
+        compile_path_pattern(value)
+    except PatternError as exc:
+        raise ValueError(f"bad path pattern {value!r}: {exc}") from None
+    return value
+
+
+def _methods(value: list[str]) -> list[str]:
+    methods = [method.upper() for method in value]
+    for method in methods:
+        if not re.fullmatch(r"[A-Z]{1,32}", method):
+            raise ValueError(f"not an HTTP method: {method!r}")
+    return methods
+
+
+# A route pattern (see guardproxy.routes), checked at start.
+PathPattern = Annotated[str, AfterValidator(_path_pattern)]
+# HTTP methods, upper-cased.
+MethodList = Annotated[list[str], AfterValidator(_methods)]
+# A route's or a rule's name: it labels metrics and logs, so short and plain.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]

@@ -7,10 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_validator
 
-from guardproxy.config.base import Section
+from guardproxy.config.base import MethodList, Name, PathPattern, Section
 from guardproxy.ratelimit.gcra import parse_rate
 from guardproxy.ratelimit.redis_url import SCHEMES, parse_host_port
-from guardproxy.routes import PatternError, compile_path_pattern
 
 # The rule `--rate-limit N/PERIOD` creates.
 PER_CLIENT_RULE = "per-ip"
@@ -24,7 +23,7 @@ def _valid_rate(value: str) -> str:
 
 class RateLimitRule(Section):
     # Shown to clients in RateLimit-Policy and used in metrics: keep it short and stable.
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: Name
     # N/PERIOD: 100/minute, 10/second, 1000/hour, 5/30s, 50/day.
     rate: str
     # Requests admitted at once before the pace of `rate` applies; null: N.
@@ -35,8 +34,8 @@ class RateLimitRule(Section):
     # Which requests the rule counts: route names, or a path pattern with optional methods, or
     # (all three empty) every request.
     routes: list[str] = []
-    path: str | None = None
-    methods: list[str] | None = None
+    path: PathPattern | None = None
+    methods: MethodList | None = None
     # enforce refuses with 429; dry-run only logs and counts what it would have refused.
     mode: Literal["enforce", "dry-run"] = "enforce"
 
@@ -54,27 +53,6 @@ class RateLimitRule(Section):
             if part not in ("client_ip", "route") and not _HEADER_KEY.fullmatch(part):
                 raise ValueError(f"unknown key part {part!r}: use client_ip, route or header:<Name>")
         return value
-
-    @field_validator("path")
-    @classmethod
-    def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                compile_path_pattern(value)
-            except PatternError as exc:
-                raise ValueError(f"bad path pattern {value!r}: {exc}") from None
-        return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        methods = [method.upper() for method in value]
-        for method in methods:
-            if not re.fullmatch(r"[A-Z]{1,32}", method):
-                raise ValueError(f"not an HTTP method: {method!r}")
-        return methods
 
     @model_validator(mode="after")
     def _one_way_to_match(self) -> RateLimitRule:
