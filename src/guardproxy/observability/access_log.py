@@ -90,7 +90,7 @@ class AccessLogGuard(Guard):
             "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
             "user_agent": user_agent,
         }
-        self.sink.write(orjson.dumps(record) + b"\n")
+        self.sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         if context.outcome in SECURITY_OUTCOMES:
             self.sink.write(
                 orjson.dumps(
@@ -105,7 +105,7 @@ class AccessLogGuard(Guard):
                         "route": context.route.name,
                         "path": scope["path"],
                         "status": context.status,
-                    }
+                    },
+                    option=orjson.OPT_APPEND_NEWLINE,
                 )
-                + b"\n"
             )
