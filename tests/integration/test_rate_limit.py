@@ -506,3 +506,16 @@ def test_a_cluster_url_spreads_keys_over_the_nodes_and_limits_exactly(start_prox
     finally:
         for node in nodes:
             node.kill()
+
+
+def test_several_workers_without_redis_are_warned_about_per_worker_budgets(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(upstream.url, "--rate-limit", "5/hour", "--workers", "2")
+    wait_until(lambda: "rate limits are kept per worker" in gp.log_text())
+
+
+def test_several_workers_sharing_redis_share_one_budget(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(upstream.url, "--rate-limit", "4/hour", "--workers", "2", env=shared_store_env())
+    # New connections each time, so both workers take requests.
+    codes = [httpx.get(f"{gp.url}/echo").status_code for _ in range(8)]
+    assert codes == [200] * 4 + [429] * 4
+    assert "rate limits are kept per worker" not in gp.log_text()

@@ -242,6 +242,13 @@ def run(settings: Settings) -> int:
         tls=settings.server.tls_cert is not None,
         redirect_listen=str(settings.server.redirect_listen) if settings.server.redirect_listen else None,
     )
+    limits = settings.rate_limit
+    if settings.server.workers > 1 and limits.redis_url is None and (limits.per_client_ip or limits.rules):
+        log.warning(
+            "rate limits are kept per worker without rate_limit.redis_url: each of the workers admits "
+            "the full rate, so a client may get up to that many times its budget",
+            workers=settings.server.workers,
+        )
     try:
         if settings.server.workers == 1:
             _run_worker(settings, listeners)
