@@ -121,6 +121,9 @@ def rate_limit_guard(
     rules = compile_rules(settings.rate_limit)
     if not rules:
         return None
+    if metrics is not None:
+        # Series that exist from the start: an alert on rate() sees the first 429s, not a new series.
+        metrics.declare_ratelimit_rules(rule.name for rule in rules)
     return RateLimitGuard(
         rules=rules,
         route_names=[policy.name for policy in build_route_table(settings).policies],

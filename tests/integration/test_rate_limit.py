@@ -519,3 +519,11 @@ def test_several_workers_sharing_redis_share_one_budget(start_proxy, upstream) -
     codes = [httpx.get(f"{gp.url}/echo").status_code for _ in range(8)]
     assert codes == [200] * 4 + [429] * 4
     assert "rate limits are kept per worker" not in gp.log_text()
+
+
+def test_every_rule_has_its_decision_series_before_any_request(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(upstream.url, "--rate-limit", "5/hour")
+    samples = scrape(gp)
+    for decision in ("allowed", "limited", "dry_run_limited"):
+        key = ("guardproxy_ratelimit_decisions_total", frozenset({("rule", "per-ip"), ("decision", decision)}))
+        assert samples[key] == 0
