@@ -30,6 +30,7 @@ from guardproxy.proxy.headers import merge_vary
 
 # Bytes compressed between two yields to the event loop: ~1 ms of work at default levels.
 _SLICE = 64 * 1024
+_MEDIA_TYPE_CACHE = 64
 _Q_VALUE = re.compile(r"^\s*q\s*=\s*([01](?:\.\d{0,3})?)\s*$", re.IGNORECASE)
 
 
@@ -121,6 +122,10 @@ class CompressionGuard(Guard):
         self.algorithms = tuple(algorithms)
         self.min_size = min_size
         self._compressible = media_type_matcher(media_types)
+        # Content-Type value -> (compressible, is an event stream). Upstreams send a handful of
+        # distinct values, so each is parsed and matched once; the cap keeps a hostile upstream
+        # from growing it without bound.
+        self._media_types: dict[bytes, tuple[bool, bool]] = {}
         self._levels = {"gzip": gzip_level, "br": brotli_quality, "zstd": zstd_level}
 
     def encoder(self, coding: str) -> Encoder:
@@ -156,12 +161,22 @@ class CompressionGuard(Guard):
                 or (name == b"cache-control" and b"no-transform" in value.lower())
             ):
                 return False, False
-        media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
-        if not media_type or self._compressible.match(media_type) is None:
+        decision = self._media_types.get(content_type)
+        if decision is None:
+            decision = self._media_type_decision(content_type)
+            if len(self._media_types) < _MEDIA_TYPE_CACHE:
+                self._media_types[content_type] = decision
+        compressible, event_stream = decision
+        if not compressible:
             return False, False
         if length is not None and length < self.min_size:
             return False, False
-        return True, length is None or media_type == "text/event-stream"
+        return True, length is None or event_stream
+
+    def _media_type_decision(self, content_type: bytes) -> tuple[bool, bool]:
+        media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        compressible = bool(media_type) and self._compressible.match(media_type) is not None
+        return compressible, media_type == "text/event-stream"
 
 
 class _CompressingSend:

@@ -36,6 +36,8 @@ from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse, Upstre
 log = structlog.get_logger(component="guardproxy.proxy")
 
 _DROPPED_REQUEST_FIELDS = HOP_BY_HOP | REWRITTEN_REQUEST_FIELDS
+_SCHEMES = {"http": b"http", "https": b"https"}
+_METHODS = {method: method.encode("ascii") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class ClientDisconnectedError(Exception):
@@ -83,44 +85,56 @@ class Forwarder:
 
     def _upstream_request(self, scope: Scope, context: RequestContext, receive: Receive) -> UpstreamRequest:
         client_headers: Headers = scope["headers"]
-        headers = end_to_end(client_headers, _DROPPED_REQUEST_FIELDS)
+        # One pass over the client's fields: what passes on, and what framing and Host say.
+        headers: Headers = []
         host: bytes | None = None
         content_length: int | None = None
-        transfer_encoding: bytes | None = None
-        for name, value in client_headers:
-            if name == b"host":
-                host = value
-            elif name == b"content-length":
-                content_length = int(value)
-            elif name == b"transfer-encoding":
-                transfer_encoding = value
+        chunked = False
+        connection_named = False
+        for field in client_headers:
+            name = field[0]
+            if name in _DROPPED_REQUEST_FIELDS:
+                if name == b"host":
+                    host = field[1]
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"connection":
+                    connection_named = True
+                continue
+            if name == b"content-length":
+                content_length = int(field[1])
+            headers.append(field)
+        if connection_named:
+            # Rare: a Connection field may name others to remove (RFC 9110 §7.6.1).
+            headers = end_to_end(client_headers, _DROPPED_REQUEST_FIELDS)
+        request_id = context.request_id
         headers += (
             (b"host", host if self._preserve_host and host else self._upstream_authority),
             (b"x-forwarded-for", context.forwarded_for or context.client_host.encode("ascii")),
-            (b"x-forwarded-proto", context.scheme.encode("ascii")),
+            (b"x-forwarded-proto", _SCHEMES.get(context.scheme) or context.scheme.encode("ascii")),
             (b"via", VIA),
         )
         forwarded_host = context.host or host
         if forwarded_host:
             headers.append((b"x-forwarded-host", forwarded_host))
-        if context.request_id:
-            headers.append((b"x-request-id", context.request_id.encode("ascii")))
+        if request_id:
+            headers.append((b"x-request-id", request_id.encode("ascii")))
         if context.traceparent:
             headers.append((b"traceparent", context.traceparent))
             if context.tracestate:
                 headers.append((b"tracestate", context.tracestate))
 
-        chunked = transfer_encoding is not None
-        has_body = chunked or bool(content_length)
         target = scope["raw_path"]
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
+        query = scope["query_string"]
+        if query:
+            target += b"?" + query
         route = context.route
+        method: str = scope["method"]
         return UpstreamRequest(
-            method=scope["method"].encode("ascii"),
+            method=_METHODS.get(method) or method.encode("ascii"),
             target=target,
             headers=headers,
-            body=_request_body(receive, context) if has_body else None,
+            body=_request_body(receive, context) if chunked or content_length else None,
             content_length=None if chunked else content_length,
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,

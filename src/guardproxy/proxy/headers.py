@@ -38,6 +38,8 @@ REWRITTEN_REQUEST_FIELDS = frozenset(
 
 VIA = b"1.1 guardproxy"
 _CONNECTION_OPTIONS = HOP_BY_HOP | {b"close", b""}
+# The usual values, which name no field to remove.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
 def connection_named_fields(headers: Headers) -> frozenset[bytes]:
@@ -52,12 +54,24 @@ def connection_named_fields(headers: Headers) -> frozenset[bytes]:
 def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
     """The headers a proxy may pass on: none named in `drop` (which holds the hop-by-hop names)
     and none that a `Connection` field names."""
-    kept = [(name, value) for name, value in headers if name not in drop]
-    if len(kept) < len(headers) and any(name == b"connection" for name, _ in headers):
-        # The common `Connection: keep-alive` / `close` names nothing left to remove.
-        named = connection_named_fields(headers) - _CONNECTION_OPTIONS
+    # One pass; the fields a `Connection` header names are removed afterwards, and only when it
+    # names more than the usual `keep-alive` / `close` (the common case costs no second pass).
+    kept: Headers = []
+    connection: list[bytes] | None = None
+    for field in headers:
+        name = field[0]
+        if name == b"connection":
+            if connection is None:
+                connection = [field[1]]
+            else:
+                connection.append(field[1])
+        if name not in drop:
+            kept.append(field)
+    if connection is not None and not (len(connection) == 1 and connection[0].lower() in _PLAIN_CONNECTION):
+        named = {token.strip().lower() for value in connection for token in value.split(b",")}
+        named -= _CONNECTION_OPTIONS
         if named:
-            kept = [(name, value) for name, value in kept if name not in named]
+            kept = [field for field in kept if field[0] not in named]
     return kept
 
 

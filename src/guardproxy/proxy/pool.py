@@ -95,10 +95,14 @@ class ConnectionPool:
     async def send(self, request: UpstreamRequest) -> PooledResponse:
         replayable = request.body is None and request.method in IDEMPOTENT_METHODS
         while True:
-            connection = await self._acquire(request.connect_timeout)
+            connection = self._take_idle() or await self._acquire(request.connect_timeout)
             reused = connection.exchanges > 0
             try:
-                status, headers = await self._exchange(connection, request)
+                connection.begin(head_only=request.method == b"HEAD", idle_timeout=request.read_timeout)
+                connection.write(_request_head(request))
+                if request.body is not None:
+                    await _stream_body(connection, request)
+                status, headers = await connection.read_head()
             except UpstreamClosedError:
                 self._discard(connection)
                 if reused and connection.received_nothing and replayable:
@@ -131,31 +135,23 @@ class ConnectionPool:
     def open_connections(self) -> int:
         return self._open
 
-    async def _exchange(self, connection: UpstreamConnection, request: UpstreamRequest) -> tuple[int, Headers]:
-        connection.begin(head_only=request.method == b"HEAD", idle_timeout=request.read_timeout)
-        connection.write(_request_head(request))
-        if request.body is not None:
-            sending = asyncio.ensure_future(_send_body(connection, request))
-            await asyncio.wait((sending, connection.head), return_when=asyncio.FIRST_COMPLETED)
-            if not sending.done():
-                # The upstream answered before taking the whole body (e.g. its own 413): stop
-                # reading the client's body and relay the answer; the connection, with half a
-                # request in it, is never reused.
-                sending.cancel()
-                connection.abandon_request()
-            else:
-                sending.result()
-        return await connection.read_head()
-
-    async def _acquire(self, connect_timeout: float) -> UpstreamConnection:
+    def _take_idle(self) -> UpstreamConnection | None:
+        """The newest idle connection that is still usable, if there is one."""
         if self._ticker is None:
             self._ticker = self._loop.call_later(_TICK, self._tick)
-        while self._idle:
-            connection = self._idle.pop()
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
             if not connection.closed and self._loop.time() - connection.idle_since < self._idle_timeout:
                 self._busy.add(connection)
                 return connection
             self._discard(connection)
+        return None
+
+    async def _acquire(self, connect_timeout: float) -> UpstreamConnection:
+        connection = self._take_idle()
+        if connection is not None:
+            return connection
         if self._open >= self._max_connections:
             await self._wait_for_slot(connect_timeout)
             return await self._acquire(connect_timeout)
@@ -231,6 +227,20 @@ class ConnectionPool:
                     keep.append(connection)
             self._idle = keep
         self._ticker = self._loop.call_later(_TICK, self._tick) if self._busy or self._idle else None
+
+
+async def _stream_body(connection: UpstreamConnection, request: UpstreamRequest) -> None:
+    """Send the request body, unless the upstream answers before taking all of it."""
+    sending = asyncio.ensure_future(_send_body(connection, request))
+    await asyncio.wait((sending, connection.head), return_when=asyncio.FIRST_COMPLETED)
+    if not sending.done():
+        # The upstream answered before taking the whole body (e.g. its own 413): stop
+        # reading the client's body and relay the answer; the connection, with half a
+        # request in it, is never reused.
+        sending.cancel()
+        connection.abandon_request()
+    else:
+        sending.result()
 
 
 async def _send_body(connection: UpstreamConnection, request: UpstreamRequest) -> None:

@@ -42,6 +42,8 @@ from guardproxy.server.limits import ConnectionLimits, Lifecycle
 log = structlog.get_logger(component="guardproxy.server")
 
 _HIGH_WATER = 256 * 1024
+# The usual methods as str without a decode per request; any other is decoded as it comes.
+_METHODS = {method.encode("ascii"): method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _RequestRefused(Exception):
@@ -216,6 +218,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
+        method = parser.get_method()
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -223,7 +226,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": parser.get_method().decode("ascii"),
+            "method": _METHODS.get(method) or method.decode("ascii"),
             "root_path": "",
             "path": path,
             "raw_path": raw_path,
