@@ -22,7 +22,7 @@ than the forwarding itself. Guards that must see body bytes (limits, compression
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import structlog
 
@@ -99,7 +99,9 @@ class GuardChain:
             receive = wrap_receive(scope, context, receive)
         response_hooks = self._on_response_start
 
-        async def guarded_send(message: Message) -> None:
+        # A plain function returning the next send's awaitable: no coroutine of its own per
+        # message. A hook's exception still surfaces at the caller's `await send(...)`.
+        def guarded_send(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 context.status = message["status"]
                 headers = message["headers"]
@@ -107,7 +109,7 @@ class GuardChain:
                     hook(context, headers)
             else:
                 context.response_bytes += len(message.get("body", b""))
-            await send(message)
+            return send(message)
 
         try:
             await self._handle(scope, receive, guarded_send, context)
@@ -131,12 +133,18 @@ class GuardChain:
             for on_complete in self._on_complete:
                 on_complete(scope, context)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
+    def _handle(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> Awaitable[None]:
+        """The request hooks, then the app (the forwarder) unless a hook answers. A plain
+        function handing back what to await: no coroutine of its own per request."""
         for on_request in self._on_request:
             answer = on_request(scope, context)
             if answer is not None:
-                await answer.send(send)
-                return
+                return answer.send(send)
+        if self._on_request_async:
+            return self._handle_async(scope, receive, send, context)
+        return self.app(scope, receive, send)
+
+    async def _handle_async(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
         for on_request_async in self._on_request_async:
             answer = await on_request_async(scope, context)
             if answer is not None:

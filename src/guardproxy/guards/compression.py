@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import brotli
@@ -191,13 +191,14 @@ class _CompressingSend:
         self._encoder: Encoder | None = None
         self._stream = False
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # A plain function handing back the awaitable: a response left uncompressed (most of
+        # them) costs no coroutine here per message.
         if message["type"] == "http.response.start":
             self._start(message)
         elif self._encoder is not None and message["type"] == "http.response.body":
-            await self._body(message)
-            return
-        await self._send(message)
+            return self._body(message)
+        return self._send(message)
 
     def _start(self, message: Message) -> None:
         headers: Headers = message["headers"]

@@ -95,7 +95,7 @@ class SecurityHeadersGuard(Guard):
                     continue
                 upstream_set.add(name)
             kept.append(field)
-        kept += [field for field in self._fields if field[0] not in upstream_set]
+        kept += [field for field in self._fields if field[0] not in upstream_set] if upstream_set else self._fields
         if context.scheme == "https":
             if self._hsts is not None and HSTS not in upstream_set:
                 kept.append((HSTS, self._hsts))

@@ -218,10 +218,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed:
             raise self._error or UpstreamClosedError("connection closed while sending")
 
-    async def read_head(self) -> tuple[int, Headers]:
-        assert self._head is not None
-        if not self._head.done():
-            await self._head
+    def response_head(self) -> tuple[int, Headers]:
+        """Status and fields once `head` is done; raises what failed the exchange before then."""
         if self._error is not None and not self._status:
             raise self._error
         return self._status, self._headers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import structlog
 
@@ -31,7 +31,7 @@ from guardproxy.proxy.headers import (
     end_to_end,
     strip_response_headers,
 )
-from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse, UpstreamTransport
+from guardproxy.proxy.transport import UpstreamRequest, UpstreamTransport
 
 log = structlog.get_logger(component="guardproxy.proxy")
 
@@ -50,12 +50,17 @@ class Forwarder:
         self._upstream_authority = upstream_authority
         self._preserve_host = preserve_host
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Hands back the coroutine that does the work: no coroutine of its own per request.
         context: RequestContext = scope[CONTEXT_KEY]
         total_timeout = context.route.total_timeout
         if total_timeout is None:
-            await self._forward(scope, receive, send, context)
-            return
+            return self._forward(scope, receive, send, context)
+        return self._forward_within(total_timeout, scope, receive, send, context)
+
+    async def _forward_within(
+        self, total_timeout: float, scope: Scope, receive: Receive, send: Send, context: RequestContext
+    ) -> None:
         try:
             async with asyncio.timeout(total_timeout):
                 await self._forward(scope, receive, send, context)
@@ -78,8 +83,36 @@ class Forwarder:
             await self._answer_failure(scope, send, context, exc)
             return
         context.upstream_seconds = time.perf_counter() - started
+        context.status = response.status
         try:
-            await self._relay(send, context, response)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": strip_response_headers(response.headers, response.status),
+                }
+            )
+            while True:
+                # Each chunk goes out as soon as it arrives (server-sent events depend on it);
+                # the last one says so when the body is already complete, saving a send.
+                chunk = await response.read_chunk()
+                finished = response.finished
+                await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
+                if finished:
+                    return
+        except OSError:
+            # The client left (ASGI 2.4 send raises OSError): stop reading the upstream's body;
+            # closing the response drops that connection.
+            context.outcome = "client_closed"
+        except UpstreamError as exc:
+            context.outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeoutError) else "upstream_error"
+            log.warning(
+                "upstream failed mid-response",
+                request_id=context.request_id,
+                route=context.route.name,
+                error=exc.kind,
+            )
+            raise ResponseAbortedError from None
         finally:
             response.close()
 
@@ -139,38 +172,6 @@ class Forwarder:
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
         )
-
-    async def _relay(self, send: Send, context: RequestContext, response: UpstreamResponse) -> None:
-        context.status = response.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": strip_response_headers(response.headers, response.status),
-            }
-        )
-        try:
-            while True:
-                # Each chunk goes out as soon as it arrives (server-sent events depend on it);
-                # the last one says so when the body is already complete, saving a send.
-                chunk = await response.read_chunk()
-                finished = response.finished
-                await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
-                if finished:
-                    return
-        except OSError:
-            # The client left (ASGI 2.4 send raises OSError): stop reading the upstream's body;
-            # closing the response drops that connection.
-            context.outcome = "client_closed"
-        except UpstreamError as exc:
-            context.outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeoutError) else "upstream_error"
-            log.warning(
-                "upstream failed mid-response",
-                request_id=context.request_id,
-                route=context.route.name,
-                error=exc.kind,
-            )
-            raise ResponseAbortedError from None
 
     async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):

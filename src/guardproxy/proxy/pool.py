@@ -14,8 +14,10 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from guardproxy.asgi import Headers
 from guardproxy.proxy.connection import UpstreamConnection
@@ -56,9 +58,10 @@ class PooledResponse:
         self.status = status
         self.headers = headers
 
-    async def read_chunk(self) -> bytes:
+    def read_chunk(self) -> Coroutine[Any, Any, bytes]:
+        # The connection's coroutine itself: no coroutine of this wrapper's own per chunk.
         assert self._connection is not None, "read after close"
-        return await self._connection.read_chunk()
+        return self._connection.read_chunk()
 
     @property
     def finished(self) -> bool:
@@ -102,7 +105,10 @@ class ConnectionPool:
                 connection.write(_request_head(request))
                 if request.body is not None:
                     await _stream_body(connection, request)
-                status, headers = await connection.read_head()
+                head = connection.head
+                if not head.done():
+                    await head
+                status, headers = connection.response_head()
             except UpstreamClosedError:
                 self._discard(connection)
                 if reused and connection.received_nothing and replayable:
