@@ -6,11 +6,6 @@ the ones above it have established.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from prometheus_client import Counter
-
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
     CorsSettings,
@@ -110,7 +105,7 @@ def build_shared_rate_limit_store(settings: Settings, metrics: ProxyMetrics | No
         fallback=limits.fallback,
         breaker_failures=limits.breaker_failures,
         breaker_cooldown=limits.breaker_cooldown,
-        on_error=_counting(metrics.ratelimit_store_errors) if metrics is not None else _ignore,
+        on_error=metrics.counted(metrics.ratelimit_store_errors).add if metrics is not None else _ignore,
         on_degraded=(lambda on: metrics.ratelimit_fallback_active.set(int(on))) if metrics is not None else _ignore,
     )
 
@@ -130,22 +125,8 @@ def rate_limit_guard(
         key_prefix=settings.rate_limit.key_prefix,
         local=shared.local if shared is not None else MemoryStore(max_keys=settings.rate_limit.local_max_keys),
         shared=shared,
-        count_decision=_counting(metrics.ratelimit_decisions) if metrics is not None else _ignore,
+        count_decision=metrics.counted(metrics.ratelimit_decisions).add if metrics is not None else _ignore,
     )
-
-
-def _counting(counter: Counter) -> Callable[..., None]:
-    """Increments `counter` for the given label values, looking each child up once: labels()
-    takes a lock and validates, too slow for every request."""
-    children: dict[tuple[str, ...], Any] = {}
-
-    def increment(*labels: str) -> None:
-        child = children.get(labels)
-        if child is None:
-            child = children[labels] = counter.labels(*labels)
-        child.inc()
-
-    return increment
 
 
 def _ignore(*_: object) -> None:

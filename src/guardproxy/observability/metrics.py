@@ -39,6 +39,24 @@ RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
 _UPSTREAM_FAILURES = {"upstream_error": "unavailable", "upstream_timeout": "timeout", "upstream_busy": "pool_exhausted"}
 
 
+class PlainCounts:
+    """Increments by label values, in a plain dict: about 0.2 µs where a prometheus-client
+    inc() costs several (a lock, label validation, and a file write with several workers)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def add(self, *labels: str) -> None:
+        counts = self._counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def take(self) -> dict[tuple[str, ...], int]:
+        counts, self._counts = self._counts, {}
+        return counts
+
+
 class ProxyMetrics:
     """Every metric guardproxy exposes, and its /metrics rendering.
 
@@ -142,6 +160,7 @@ class ProxyMetrics:
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry
         self._tallies: list[Callable[[], dict[str, RouteTally]]] = []
+        self._counts: list[tuple[Counter, PlainCounts]] = []
         self._in_flight: Callable[[], float] = lambda: 0
         self._log_lines_dropped: Callable[[], int] = lambda: 0
         self._log_lines_dropped_seen = 0
@@ -164,6 +183,12 @@ class ProxyMetrics:
         """Register a source of request tallies: `take()` hands over what was counted so far."""
         self._tallies.append(take)
 
+    def counted(self, counter: Counter) -> PlainCounts:
+        """Counts for `counter` kept in a plain dict on the hot path, moved into it by flush()."""
+        counts = PlainCounts()
+        self._counts.append((counter, counts))
+        return counts
+
     def watch(self, in_flight: Callable[[], float], log_lines_dropped: Callable[[], int]) -> None:
         """Figures read at every flush, from the objects that already keep them."""
         self._in_flight = in_flight
@@ -181,6 +206,9 @@ class ProxyMetrics:
         for take in self._tallies:
             for route, tally in take().items():
                 self._flush_route(route, tally)
+        for counter, counts in self._counts:
+            for labels, count in counts.take().items():
+                counter.labels(*labels).inc(count)
         self.in_flight.set(self._in_flight())
         if self._upstream_up is not None:
             self.upstream_up.set(1 if self._upstream_up() else 0)

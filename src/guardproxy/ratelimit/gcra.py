@@ -13,7 +13,7 @@ model in tests/unit/test_gcra.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MICROS = 1_000_000
 # Redis' Lua computes in doubles: keeping TATs far below 2**53 µs keeps them exact.
@@ -27,15 +27,15 @@ class Rate:
     count: int
     period_seconds: int
     burst: int
+    # Derived once: every decision reads them.
+    # The interval is rounded down to whole µs: at most 1 µs per request generous, never stricter.
+    interval_us: int = field(init=False)
+    tolerance_us: int = field(init=False)
 
-    @property
-    def interval_us(self) -> int:
-        # Rounded down to whole microseconds: at most 1 µs per request generous, never stricter.
-        return max(1, self.period_seconds * MICROS // self.count)
-
-    @property
-    def tolerance_us(self) -> int:
-        return self.interval_us * self.burst
+    def __post_init__(self) -> None:
+        interval = max(1, self.period_seconds * MICROS // self.count)
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", interval * self.burst)
 
 
 def parse_rate(text: str, burst: int | None = None) -> Rate:

@@ -33,11 +33,17 @@ class MemoryStore:
         limit refuses it, in which case nothing changes. Redis' script does exactly this."""
         now = self._clock()
         tats = self._tats
-        backlogs = [max(tats.get(key, now) - now, 0) for key in keys]
-        admitted = [fits(backlog, rate) for backlog, rate in zip(backlogs, rates, strict=True)]
-        if all(ok or not enforcing for ok, enforcing in zip(admitted, enforce, strict=True)):
-            for key, rate, backlog, ok in zip(keys, rates, backlogs, admitted, strict=True):
-                if ok:
+        backlogs = []
+        refused = False
+        for key, rate, enforcing in zip(keys, rates, enforce, strict=True):
+            backlog = tats.get(key, now) - now
+            backlog = backlog if backlog > 0 else 0
+            backlogs.append(backlog)
+            if enforcing and not fits(backlog, rate):
+                refused = True
+        if not refused:
+            for key, rate, backlog in zip(keys, rates, backlogs, strict=True):
+                if fits(backlog, rate):
                     tats.pop(key, None)  # re-insert at the end: the dict stays in update order
                     tats[key] = now + backlog + rate.interval_us
         self._sweep(now)

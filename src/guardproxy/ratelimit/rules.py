@@ -43,18 +43,18 @@ class Rule:
     def key(self, prefix: str, scope: Scope, context: RequestContext) -> str:
         """The store key of this request's budget under this rule. Client data is hashed, so
         neither addresses nor API keys are stored in the clear and keys stay short."""
-        digest = hashlib.blake2b(self.name.encode(), digest_size=12)
+        parts = [self.name.encode()]
         for part in self.key_parts:
-            digest.update(b"\0")
             if part == "client_ip":
-                digest.update(client_key(context.client_host))
+                parts.append(client_key(context.client_host))
             elif part == "route":
-                digest.update(context.route.name.encode())
+                parts.append(context.route.name.encode())
             else:
                 value = _header(scope, part)  # type: ignore[arg-type]
                 # Without the header, the client's address keys it: a missing API key must not
                 # put every anonymous client into one shared budget.
-                digest.update(b"h=" + value if value is not None else b"ip=" + client_key(context.client_host))
+                parts.append(b"h=" + value if value is not None else b"ip=" + client_key(context.client_host))
+        digest = hashlib.blake2b(b"\0".join(parts), digest_size=12)
         # The braces are a Redis Cluster hash tag: the key's slot follows rule and digest.
         return f"{prefix}{{{self.name}:{digest.hexdigest()}}}"
 
