@@ -1,0 +1,155 @@
+"""guardproxy's whole Python request path in one process, without sockets: repeatable figures.
+
+The real protocol, guard chain, forwarder, pool and upstream connection serve `--requests`
+requests over `--connections` client connections, but both transports are fakes: a request's
+bytes are fed to the protocol, and every upstream write is answered with nginx's response from
+bench/nginx-upstream.conf. No system call is made per request, so the figure is the Python
+(and C extension) work alone, the part of a request that code changes move.
+
+Settings come from the environment as for `guardproxy run` (GUARDPROXY_...), with the defaults
+otherwise. The access log goes to stdout: send it to /dev/null.
+
+  python bench/inprocess.py > /dev/null                         CPU µs per request (noisy)
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect=uv_run \\
+      python bench/inprocess.py --requests 2000 > /dev/null     instructions, exactly repeatable:
+                                                                "Collected" / requests
+Only the request loop runs inside uv_run; settings and the application are built before it.
+Compare two checkouts with PYTHONPATH=/other/checkout/src.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from typing import Any
+
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from guardproxy.app import build_proxy_app
+from guardproxy.asgi import ASGIApp
+from guardproxy.config import Settings
+from guardproxy.observability.metrics import ProxyMetrics
+from guardproxy.proxy.connection import UpstreamConnection
+from guardproxy.proxy.pool import ConnectionPool
+from guardproxy.server.limits import ConnectionLimits, Lifecycle
+from guardproxy.server.protocol import ProxyHttpProtocol
+from guardproxy.upstream import build_pool
+
+# What wrk sends, and what the benchmark's upstream answers.
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 11:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 49\r\nConnection: keep-alive\r\n\r\n"
+    b'{"id":1,"name":"guardproxy","ok":true,"n":12345}\n'
+)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_write: Any) -> None:
+        super().__init__()
+        self._loop = loop
+        self._on_write = on_write
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._on_write(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        raise AssertionError("a connection was closed: the benchmark expects keep-alive throughout")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Clients:
+    """Keeps every client connection busy until `total` responses have come back."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, total: int) -> None:
+        self.loop = loop
+        self.total = total
+        self.sent = 0
+        self.answered = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def connect(self, app: ASGIApp, state: Any, config: Any) -> None:
+        protocol = ProxyHttpProtocol(config, state, _loop=self.loop, limits=ConnectionLimits(), lifecycle=Lifecycle())
+
+        def on_response(data: bytes) -> None:
+            if not data.startswith(b"HTTP/1.1 200 "):
+                raise AssertionError(f"unexpected response: {data[:200]!r}")
+            self.answered += 1
+            if self.sent < self.total:
+                self.send(protocol)
+            elif self.answered == self.total:
+                self.done.set_result(None)
+
+        protocol.connection_made(FakeTransport(self.loop, on_response))
+        self.send(protocol)
+
+    def send(self, protocol: ProxyHttpProtocol) -> None:
+        self.sent += 1
+        self.loop.call_soon(protocol.data_received, REQUEST)
+
+
+def fake_upstream(pool: ConnectionPool) -> None:
+    """Connections that answer each request at the next loop turn, as a fast upstream would."""
+
+    async def connect(timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        connection = UpstreamConnection(loop)
+        connection.connection_made(FakeTransport(loop, lambda _: loop.call_soon(connection.data_received, RESPONSE)))
+        return connection
+
+    pool._connect = connect  # type: ignore[method-assign]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--connections", type=int, default=64)
+    options = parser.parse_args()
+
+    settings = Settings(upstream={"url": "http://127.0.0.1:8000"})
+    pool = build_pool(settings.upstream)
+    fake_upstream(pool)
+    metrics = ProxyMetrics(CollectorRegistry()) if settings.metrics.enabled else None
+    app = build_proxy_app(settings, pool, metrics)
+
+    class Config:  # what ProxyHttpProtocol reads from uvicorn's Config
+        loaded = True
+        loaded_app = app
+
+    class ServerState:  # what it reads from uvicorn's server state
+        connections: set[Any] = set()  # noqa: RUF012
+        tasks: set[Any] = set()  # noqa: RUF012
+
+    async def serve() -> float:
+        clients = Clients(asyncio.get_running_loop(), options.requests)
+        started = time.process_time()
+        for _ in range(options.connections):
+            clients.connect(app, ServerState, Config)
+        await clients.done
+        return time.process_time() - started
+
+    # As the server does (server/process.py).
+    gc.freeze()
+    gc.set_threshold(20_000, *gc.get_threshold()[1:])
+    seconds = uvloop.run(serve())
+    print(f"{seconds * 1e6 / options.requests:.1f} µs CPU per request, in process", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
