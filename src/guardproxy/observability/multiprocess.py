@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+_REMOVE_ATTEMPTS = 5
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -75,8 +78,15 @@ class MetricsDirectory:
         multiprocess.mark_process_dead(pid, str(self.path))  # type: ignore[no-untyped-call]
 
     def remove(self) -> None:
-        if self.private:
+        if not self.private:
+            return
+        # A file that appears while the tree is being removed (an exiting worker's last write
+        # racing the removal) makes one pass fail quietly; a few passes settle it.
+        for _ in range(_REMOVE_ATTEMPTS):
             shutil.rmtree(self.path, ignore_errors=True)
+            if not os.path.exists(self.path):
+                return
+            time.sleep(0.05)
 
 
 class _Aggregated(Collector):
