@@ -23,7 +23,7 @@ from guardproxy.guards.chain import Guard
 from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.ratelimit.gcra import verdict
 from guardproxy.ratelimit.memory import MemoryStore
-from guardproxy.ratelimit.rules import Rule, rules_by_route
+from guardproxy.ratelimit.rules import Rule, RuleSet, rules_by_route
 
 log = structlog.get_logger(component="guardproxy.rate_limit")
 
@@ -50,50 +50,50 @@ class RateLimitGuard(Guard):
 
     async def on_request_async(self, scope: Scope, context: RequestContext) -> Answer | None:
         route = context.route.name
-        method, path = scope["method"], scope["path"]
-        rules = [rule for rule in self._rules_by_route.get(route, ()) if rule.matches(route, method, path)]
-        if not rules:
+        route_rules = self._rules_by_route.get(route)
+        if route_rules is None:
             return None
-        keys = [rule.key(self.key_prefix, scope, context) for rule in rules]
-        rates = [rule.rate for rule in rules]
-        enforce = [rule.enforce for rule in rules]
+        rule_set = route_rules.applicable(route, scope["method"], scope["path"])
+        if rule_set is None:
+            return None
+        keys = [rule.key(self.key_prefix, scope, context) for rule in rule_set.rules]
         if self.shared is None:
-            backlogs = self.local.check(keys, rates, enforce)
+            backlogs = self.local.check(keys, rule_set.rates, rule_set.enforce)
         else:
-            decision = await self.shared.check(keys, rates, enforce)
+            decision = await self.shared.check(keys, rule_set.rates, rule_set.enforce)
             if decision.backlogs is None:
                 return self._store_fallback(scope, context, decision.source)
             backlogs = decision.backlogs
-        return self._decide(scope, context, rules, backlogs)
+        return self._decide(scope, context, rule_set, backlogs)
 
-    def _decide(self, scope: Scope, context: RequestContext, rules: list[Rule], backlogs: list[int]) -> Answer | None:
-        policy_items, status_items = [], []
+    def _decide(self, scope: Scope, context: RequestContext, rule_set: RuleSet, backlogs: list[int]) -> Answer | None:
+        status_items = []
         retry_after, refused_by = 0, []
-        for rule, backlog in zip(rules, backlogs, strict=True):
+        count = self._count_decision
+        for rule, backlog in zip(rule_set.rules, backlogs, strict=True):
             outcome = verdict(backlog, rule.rate)
             if not rule.enforce:
-                if not outcome.admitted:
-                    self._count_decision(rule.name, DRY_RUN_LIMITED)
+                if outcome.admitted:
+                    count(rule.name, ALLOWED)
+                else:
+                    count(rule.name, DRY_RUN_LIMITED)
                     log.warning(
                         "rate limit would refuse (dry-run)",
                         rule=rule.name,
                         route=context.route.name,
                         request_id=context.request_id,
                     )
-                else:
-                    self._count_decision(rule.name, ALLOWED)
                 continue  # dry-run rules are not advertised: clients must not act on them
-            policy_items.append(rule.policy_item)
             status_items.append(rule.status_item(outcome.remaining, outcome.reset_seconds))
             if outcome.admitted:
-                self._count_decision(rule.name, ALLOWED)
+                count(rule.name, ALLOWED)
             else:
-                self._count_decision(rule.name, LIMITED)
+                count(rule.name, LIMITED)
                 refused_by.append(rule.name)
                 retry_after = max(retry_after, outcome.retry_after_seconds)
-        if policy_items:
+        if status_items:
             context.rate_limit_headers = [
-                (b"ratelimit-policy", b", ".join(policy_items)),
+                (b"ratelimit-policy", rule_set.policy),
                 (b"ratelimit", b", ".join(status_items)),
             ]
         if not refused_by:

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 
 from guardproxy.ratelimit.gcra import Rate, fits
 
-# Expired keys removed per check at most, so one request never pays for a big sweep.
+# Expired keys are looked for every few checks, and at most this many per check on average, so
+# one request never pays for a big sweep.
+_SWEEP_EVERY = 16
 _SWEEP_PER_CHECK = 8
 
 
@@ -23,6 +25,7 @@ class MemoryStore:
         self.max_keys = max_keys
         self._clock = clock or _monotonic_us
         self._tats: dict[str, int] = {}
+        self._checks_since_sweep = 0
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -34,24 +37,30 @@ class MemoryStore:
         now = self._clock()
         tats = self._tats
         backlogs = []
+        admitted = []
         refused = False
         for key, rate, enforcing in zip(keys, rates, enforce, strict=True):
             backlog = tats.get(key, now) - now
             backlog = backlog if backlog > 0 else 0
             backlogs.append(backlog)
-            if enforcing and not fits(backlog, rate):
-                refused = True
+            ok = fits(backlog, rate)
+            admitted.append(ok)
+            refused = refused or (enforcing and not ok)
         if not refused:
-            for key, rate, backlog in zip(keys, rates, backlogs, strict=True):
-                if fits(backlog, rate):
+            for key, rate, backlog, ok in zip(keys, rates, backlogs, admitted, strict=True):
+                if ok:
                     tats.pop(key, None)  # re-insert at the end: the dict stays in update order
                     tats[key] = now + backlog + rate.interval_us
         self._sweep(now)
         return backlogs
 
     def _sweep(self, now: int) -> None:
+        self._checks_since_sweep += 1
+        if self._checks_since_sweep < _SWEEP_EVERY:
+            return
+        self._checks_since_sweep = 0
         tats = self._tats
-        for _ in range(_SWEEP_PER_CHECK):
+        for _ in range(_SWEEP_EVERY * _SWEEP_PER_CHECK):
             if not tats:
                 return
             oldest = next(iter(tats))

@@ -7,13 +7,17 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from guardproxy.asgi import Scope
 from guardproxy.config import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
 from guardproxy.context import RequestContext
 from guardproxy.ratelimit.gcra import Rate, parse_rate
 from guardproxy.routes import compile_path_pattern
+
+# Client keys remembered per rule; past it the memory starts over (a client spraying addresses
+# only makes us hash again).
+_CLIENT_KEY_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,8 @@ class Rule:
     methods: frozenset[str] | None
     # `"per-ip";q=100;w=60`: this rule's item in RateLimit-Policy.
     policy_item: bytes
+    # Client address -> store key, for rules keyed by the address alone (see key()).
+    _client_keys: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def matches(self, route: str, method: str, path: str) -> bool:
         if self.routes is not None:
@@ -43,6 +49,18 @@ class Rule:
     def key(self, prefix: str, scope: Scope, context: RequestContext) -> str:
         """The store key of this request's budget under this rule. Client data is hashed, so
         neither addresses nor API keys are stored in the clear and keys stay short."""
+        if self.key_parts == ("client_ip",):
+            # The usual rule: the same few clients ask again and again, so their keys are kept.
+            cache = self._client_keys
+            key = cache.get(context.client_host)
+            if key is None:
+                if len(cache) >= _CLIENT_KEY_CACHE:
+                    cache.clear()
+                key = cache[context.client_host] = self._key(prefix, scope, context)
+            return key
+        return self._key(prefix, scope, context)
+
+    def _key(self, prefix: str, scope: Scope, context: RequestContext) -> str:
         parts = [self.name.encode()]
         for part in self.key_parts:
             if part == "client_ip":
@@ -75,8 +93,8 @@ def client_key(host: str) -> bytes:
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
-    for field, value in scope["headers"]:
-        if field == name:
+    for header, value in scope["headers"]:
+        if header == name:
             return bytes(value)
     return None
 
@@ -105,7 +123,55 @@ def compile_rules(settings: RateLimitSettings) -> list[Rule]:
     return rules
 
 
-def rules_by_route(rules: Sequence[Rule], route_names: Sequence[str]) -> dict[str, tuple[Rule, ...]]:
-    """For each route, the rules that may count its requests, so a route no rule concerns costs
-    one dictionary lookup."""
-    return {name: tuple(rule for rule in rules if rule.routes is None or name in rule.routes) for name in route_names}
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The rules that count one request, with what every decision needs derived once."""
+
+    rules: tuple[Rule, ...]
+    rates: tuple[Rate, ...]
+    enforce: tuple[bool, ...]
+    # RateLimit-Policy: the enforcing rules' items; empty when every rule is a dry run.
+    policy: bytes
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> RuleSet:
+        return cls(
+            rules=tuple(rules),
+            rates=tuple(rule.rate for rule in rules),
+            enforce=tuple(rule.enforce for rule in rules),
+            policy=b", ".join(rule.policy_item for rule in rules if rule.enforce),
+        )
+
+
+class RouteRules:
+    """The rules that may count a route's requests. When none of them looks at the path, which
+    is the usual case, every request of the route gets the same RuleSet, built at start."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = tuple(rules)
+        self._by_path = any(rule.path is not None for rule in rules)
+        self._all = RuleSet.of(rules)
+        self._subsets: dict[tuple[int, ...], RuleSet] = {}
+
+    def applicable(self, route: str, method: str, path: str) -> RuleSet | None:
+        if not self._by_path:
+            return self._all
+        matching = tuple(index for index, rule in enumerate(self._rules) if rule.matches(route, method, path))
+        if not matching:
+            return None
+        subset = self._subsets.get(matching)
+        if subset is None:
+            # At most one entry per combination of rules: bounded by the configuration.
+            subset = self._subsets[matching] = RuleSet.of([self._rules[index] for index in matching])
+        return subset
+
+
+def rules_by_route(rules: Sequence[Rule], route_names: Sequence[str]) -> dict[str, RouteRules]:
+    """For each route some rule may count, its rules: a route no rule concerns costs one
+    dictionary lookup."""
+    by_route = {}
+    for name in route_names:
+        candidates = [rule for rule in rules if rule.routes is None or name in rule.routes]
+        if candidates:
+            by_route[name] = RouteRules(candidates)
+    return by_route
