@@ -101,3 +101,38 @@ async def test_checks_in_separate_batches_keep_counting_on_the_same_keys(store: 
     assert backlogs[2][0] + rate.interval_us > rate.tolerance_us  # the third is refused
     ttl = shared_redis().pttl(key)
     assert rate.interval_us // 1000 < ttl <= 2 * rate.interval_us // 1000
+
+
+async def test_no_check_waits_without_bound_whatever_happens_inside_the_client(store: RedisStore) -> None:
+    store.budget = 0.05
+    stubborn = True
+
+    async def stuck(command: bytes) -> object:
+        # A client that ignores being cancelled: the call's own budget never ends it.
+        while True:
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                if not stubborn:
+                    raise
+
+    store._execute = stuck  # type: ignore[method-assign]
+    rate = parse_rate("10/minute")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Two batches go out and hang; the third waits behind them and is never sent.
+    first = [asyncio.ensure_future(store.check([f"k{i}"], [rate], [True])) for i in range(3)]
+    await asyncio.sleep(0)
+    second = [asyncio.ensure_future(store.check([f"l{i}"], [rate], [True])) for i in range(3)]
+    await asyncio.sleep(0.01)
+    third = [asyncio.ensure_future(store.check([f"m{i}"], [rate], [True])) for i in range(3)]
+    results = await asyncio.gather(*first, *second, *third, return_exceptions=True)
+    assert all(isinstance(result, TimeoutError) for result in results)
+    assert loop.time() - started < 4 * 0.05 + 0.01 + 0.1
+    assert len(store._tasks) == 2
+    assert store._pending is None  # the third batch is not sent when the calls free up
+    stubborn = False
+    calls = list(store._tasks)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)

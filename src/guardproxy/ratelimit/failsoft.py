@@ -10,7 +10,6 @@ the circuit. No request ever gets a 5xx because of the limiter's store.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +25,6 @@ from guardproxy.ratelimit.memory import MemoryStore
 from guardproxy.ratelimit.redis_store import RedisStore
 
 log = structlog.get_logger(component="guardproxy.rate_limit")
-
-# A check may queue behind the pipelines in flight (two at most) before its own is sent.
-_WAIT_BOUND_BUDGETS = 4
 
 Fallback = Literal["local", "allow", "deny"]
 # Where a decision came from: the shared store, or the fallback in use.
@@ -84,10 +80,9 @@ class FailSoftStore:
         probe = self._open_until is not None
         self._probing = probe
         try:
-            # The shared store holds each round trip to its budget; this only guarantees that no
-            # request waits on it without bound, whatever happens inside redis-py.
-            async with asyncio.timeout(_WAIT_BOUND_BUDGETS * self.shared.budget):
-                backlogs = await self.shared.check(keys, rates, enforce)
+            # The shared store holds each round trip to its budget, and no check to a bound
+            # however redis-py behaves: one timer per batch, not one per request.
+            backlogs = await self.shared.check(keys, rates, enforce)
         except Exception as exc:  # whatever Redis (or redis-py) does, requests go on
             self._failed(exc, probe)
             return self._fall_back(keys, rates, enforce)

@@ -83,6 +83,9 @@ _SOCKET_TIMEOUT = 1.0
 # Calls in flight at once: checks arriving meanwhile wait and go out together, so a slow
 # Redis makes batches bigger, not connections more numerous.
 _MAX_CALLS_IN_FLIGHT = 2
+# How long a check may wait at most, in budgets: it may queue behind the calls in flight before
+# its own is sent.
+_WAIT_BOUND_BUDGETS = 4
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -130,11 +133,12 @@ def _sentinel_primary(url: str, *, tls: bool, options: dict[str, Any]) -> Redis:
 class _Batch:
     """Checks that go to Redis together, in the order they were asked."""
 
-    __slots__ = ("futures", "requests")
+    __slots__ = ("deadline", "futures", "requests")
 
     def __init__(self) -> None:
         self.requests: list[tuple[Sequence[str], Sequence[Rate], Sequence[bool]]] = []
         self.futures: list[asyncio.Future[list[int]]] = []
+        self.deadline: asyncio.TimerHandle | None = None
 
 
 class RedisStore:
@@ -144,6 +148,10 @@ class RedisStore:
     event loop takes to get round to sending: a burst of requests that keeps this process busy
     must not look like a Redis outage, or limits would turn per-instance exactly when they
     matter most.
+
+    Whatever happens inside redis-py, no check waits without bound: a batch may wait for the
+    calls in flight, each held to its budget, before its own is sent, so one timer per batch
+    fails whatever still waits `_WAIT_BOUND_BUDGETS` budgets after the batch began.
     """
 
     def __init__(self, client: RedisClient, *, budget: float) -> None:
@@ -164,10 +172,12 @@ class RedisStore:
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         batch = self._pending
         if batch is None:
+            loop = future.get_loop()
             batch = self._pending = _Batch()
+            batch.deadline = loop.call_later(_WAIT_BOUND_BUDGETS * self.budget, self._expire, batch)
             if self._in_flight < _MAX_CALLS_IN_FLIGHT:
                 # Sent at the end of this event-loop turn, with every check queued during it.
-                future.get_loop().call_soon(self._send_pending)
+                loop.call_soon(self._send_pending)
         batch.requests.append((keys, rates, enforce))
         batch.futures.append(future)
         return await future
@@ -187,6 +197,11 @@ class RedisStore:
         self._in_flight -= 1
         self._send_pending()
 
+    def _expire(self, batch: _Batch) -> None:
+        if self._pending is batch:  # never sent: its requests are decided elsewhere now
+            self._pending = None
+        _fail_waiting(batch, TimeoutError("the rate limit store kept a check waiting too long"))
+
     async def _send(self, batch: _Batch) -> None:
         try:
             async with asyncio.timeout(self.budget):
@@ -199,9 +214,10 @@ class RedisStore:
                 else:
                     future.set_result(reply)
         except Exception as exc:  # every waiting request must hear about it
-            for future in batch.futures:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail_waiting(batch, exc)
+        finally:
+            if batch.deadline is not None:
+                batch.deadline.cancel()
 
     async def _decide(self, batch: _Batch) -> list[Any]:
         command = self._pack(batch)
@@ -299,6 +315,12 @@ class RedisStore:
 
 
 _SHA_BYTES = GCRA_SHA.encode()
+
+
+def _fail_waiting(batch: _Batch, error: Exception) -> None:
+    for future in batch.futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _arguments(rate: Rate, enforcing: bool) -> tuple[int, int, int]:
