@@ -88,7 +88,8 @@ class FailSoftStore:
             return self._fall_back(keys, rates, enforce)
         finally:
             self._probing = False
-        self._succeeded()
+        if self._failures or self.degraded or self._open_until is not None:
+            self._succeeded()
         return StoreDecision("shared", backlogs)
 
     def _fall_back(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> StoreDecision:

@@ -165,8 +165,9 @@ class RedisStore:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> list[int]:
-        """Each key's backlog before this request, as MemoryStore.check; raises on Redis trouble."""
+    def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> asyncio.Future[list[int]]:
+        """To await: each key's backlog before this request, as MemoryStore.check; raises on
+        Redis trouble. A future rather than a coroutine: one object fewer per request."""
         if not len(keys) == len(rates) == len(enforce):
             raise ValueError("a check needs one rate and one enforce flag per key")
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
@@ -180,7 +181,7 @@ class RedisStore:
                 loop.call_soon(self._send_pending)
         batch.requests.append((keys, rates, enforce))
         batch.futures.append(future)
-        return await future
+        return future
 
     def _send_pending(self) -> None:
         batch = self._pending
@@ -327,6 +328,7 @@ def _arguments(rate: Rate, enforcing: bool) -> tuple[int, int, int]:
     return rate.interval_us, rate.tolerance_us, 1 if enforcing else 0
 
 
+@functools.lru_cache(maxsize=1024)
 def _bulk_int(value: int) -> bytes:
     digits = b"%d" % value
     return b"$%d\r\n%s\r\n" % (len(digits), digits)
