@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run import free_port, parse_variant, start_guardproxy, start_nginx, wait_for
+from run import free_port, parse_variant, start_guardproxy, start_nginx, tools_present, wait_for
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -81,10 +79,8 @@ def parse_options() -> argparse.Namespace:
 
 def main() -> int:
     options = parse_options()
-    for tool in ("wrk", "nginx"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
-            return 2
+    if not tools_present():
+        return 2
     specs = [] if options.skip_defaults else [("defaults", {})]
     specs += [parse_variant(spec) for spec in options.variant]
     upstream_port = free_port()

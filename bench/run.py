@@ -99,6 +99,15 @@ def sample_json(size: int) -> bytes:
     return ("[" + ",".join(records) + "]").encode()
 
 
+def tools_present() -> bool:
+    """wrk and nginx are on PATH, or say which is missing."""
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
+            return False
+    return True
+
+
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     name, _, assignments = spec.partition(":")
     env = dict(item.split("=", 1) for item in assignments.split(",") if item)
@@ -135,10 +144,8 @@ def parse_options() -> argparse.Namespace:
 
 def main() -> int:
     options = parse_options()
-    for tool in ("wrk", "nginx"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} is not on PATH (apt-get install wrk nginx-light)", file=sys.stderr)
-            return 2
+    if not tools_present():
+        return 2
 
     names = ("upstream_port", "nginx_port", "guardproxy_port", "admin_port", "naive_port")
     ports = {name: free_port() for name in names}

@@ -7,6 +7,9 @@ These checks name it instead.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 import typing
 from typing import Any
@@ -46,3 +49,16 @@ def is_setting(variable: str) -> bool:
 
 def unknown_settings(env: dict[str, str]) -> list[str]:
     return sorted(name for name in env if name.startswith(ENV_PREFIX) and not is_setting(name))
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`guardproxy check-config` with exactly these GUARDPROXY_* variables (none from this shell)."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("GUARDPROXY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "guardproxy", "check-config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -6,9 +6,6 @@ scripts/check-deploy also validates the file against the Compose specification's
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import pytest
 import yaml
 
 from tests.deploy.dockerfile import DOCKERFILE, REPO, env_values, healthcheck_command, listen_port, parse, seconds
-from tests.deploy.settings import unknown_settings
+from tests.deploy.settings import check_config, unknown_settings
 
 COMPOSE = REPO / "docker-compose.yml"
 Compose = dict[str, Any]
@@ -239,18 +236,6 @@ def test_rules_catch(mistake: str) -> None:
     assert any(expected in problem for problem in found), found
 
 
-def _check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("GUARDPROXY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "guardproxy", "check-config"],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _compose_guardproxy_env(compose: Compose) -> dict[str, str]:
     """What guardproxy sees in the container: the image's environment, the service's, and the
     mounted config file at its host path."""
@@ -261,7 +246,7 @@ def _compose_guardproxy_env(compose: Compose) -> dict[str, str]:
 
 
 def test_guardproxy_accepts_the_compose_configuration() -> None:
-    result = _check_config(_compose_guardproxy_env(load()))
+    result = check_config(_compose_guardproxy_env(load()))
     assert result.returncode == 0, result.stderr
     effective = yaml.safe_load(result.stdout)
     assert effective["upstream"]["url"] == "http://api:8000"
@@ -272,6 +257,6 @@ def test_a_broken_compose_configuration_is_refused() -> None:
     """The check above can fail: a bad value in the environment stops guardproxy with exit 2."""
     env = _compose_guardproxy_env(load())
     env["GUARDPROXY_UPSTREAM__URL"] = "api:8000"
-    result = _check_config(env)
+    result = check_config(env)
     assert result.returncode == 2
     assert "upstream.url" in result.stderr

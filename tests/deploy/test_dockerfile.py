@@ -25,7 +25,7 @@ from tests.deploy.dockerfile import (
     problems,
     seconds,
 )
-from tests.deploy.settings import unknown_settings
+from tests.deploy.settings import check_config, unknown_settings
 from tests.support.processes import Guardproxy, UpstreamProcess, free_port
 
 REAL = DOCKERFILE.read_text()
@@ -152,25 +152,13 @@ def _image_env() -> dict[str, str]:
     return env
 
 
-def _check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("GUARDPROXY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "guardproxy", "check-config"],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_image_environment_names_only_real_settings() -> None:
     assert unknown_settings(_image_env()) == []
 
 
 def test_image_environment_is_a_valid_configuration() -> None:
     """Every GUARDPROXY_* variable the image sets has a valid value."""
-    result = _check_config({**_image_env(), "GUARDPROXY_UPSTREAM__URL": "http://api:8000"})
+    result = check_config({**_image_env(), "GUARDPROXY_UPSTREAM__URL": "http://api:8000"})
     assert result.returncode == 0, result.stderr
     effective = yaml.safe_load(result.stdout)
     assert effective["server"]["listen"] == "0.0.0.0:8080"
@@ -180,7 +168,7 @@ def test_image_environment_is_a_valid_configuration() -> None:
 
 def test_image_without_an_upstream_refuses_to_start() -> None:
     """Nothing is baked in: the upstream comes from the environment or the mounted file."""
-    result = _check_config(_image_env())
+    result = check_config(_image_env())
     assert result.returncode == 2
     assert "upstream" in result.stderr
 

@@ -19,6 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.observability.metrics import ProxyMetrics
+from tests.deploy.manifests import ALERTS
 from tests.support.processes import Guardproxy, start_guardproxy, wait_until
 from tests.support.raw import raw_exchange
 
@@ -26,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "helm" / "guardproxy" / "files"
 DASHBOARD = FILES / "grafana-dashboard.json"
 RULES = FILES / "prometheus-rules.yaml"
-ALERTS = {
-    "GuardproxyHigh5xxRatio",
-    "GuardproxyHighLatencyP95",
-    "GuardproxyRateLimitSpike",
-    "GuardproxyUpstreamDown",
-    "GuardproxyRateLimitFallbackActive",
-}
 # Added by Prometheus (job, instance) and by Kubernetes service discovery (namespace).
 TARGET_LABELS = {"job", "instance", "namespace"}
 PROMQL_WORDS = {
