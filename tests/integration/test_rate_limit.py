@@ -527,3 +527,26 @@ def test_every_rule_has_its_decision_series_before_any_request(start_proxy, upst
     for decision in ("allowed", "limited", "dry_run_limited"):
         key = ("guardproxy_ratelimit_decisions_total", frozenset({("rule", "per-ip"), ("decision", decision)}))
         assert samples[key] == 0
+
+
+def test_a_redis_refusing_the_password_falls_back_and_says_so(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = start_redis(tmp_path / "auth", "--requirepass", "right-password")
+    try:
+        gp = start_proxy(
+            upstream.url,
+            "--rate-limit",
+            "2/hour",
+            "--redis-url",
+            f"redis://:wrong-password@127.0.0.1:{server.port}/0",
+            wait_ready=True,
+        )
+        assert statuses(f"{gp.url}/echo", 3) == [200, 200, 429]
+        status, body = readiness(gp)
+        assert status == 200
+        assert body["checks"]["rate_limit_store"]["state"] == "degraded"
+        samples = scrape(gp)
+        kinds = ("timeout", "connection", "script", "other")
+        assert sum(value(samples, "guardproxy_ratelimit_store_errors_total", kind=kind) for kind in kinds) >= 1
+        assert "wrong-password" not in gp.log_text()
+    finally:
+        server.kill()
