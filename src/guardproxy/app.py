@@ -222,7 +222,7 @@ def build_proxy_app(
     transport: UpstreamTransport,
     metrics: ProxyMetrics | None,
     rate_limit_store: FailSoftStore | None = None,
-) -> ASGIApp:
+) -> GuardChain:
     forwarder = Forwarder(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,

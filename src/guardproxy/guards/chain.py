@@ -13,6 +13,9 @@ A guard is a plain object with a few hooks, like a structlog processor:
                                         they refuse by raising RefusedError
   wrap_send(scope, context, send)       for guards that transform the response body (compression);
                                         they see each message after the on_response_start hooks
+  start() / aclose()                    async, once per runtime: open and close what a guard owns
+                                        (a key-set refresher, a connection pool); the chain calls
+                                        them in order, and aclose in reverse
 
 Why not one nested ASGI middleware per guard: each nesting level costs a coroutine frame and a
 wrapped `send` per request, measured at ~4 µs each here, and a dozen guards would have cost more
@@ -38,6 +41,12 @@ log = structlog.get_logger(component="guardproxy.chain")
 
 class Guard:
     """Base class for guards: override only the hooks you need; the chain skips the others."""
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         return None
@@ -81,6 +90,14 @@ class GuardChain:
         self._on_complete = [g.on_complete for g in reversed(self.guards) if _overrides(g, "on_complete")]
         self._wrap_receive = [g.wrap_receive for g in reversed(self.guards) if _overrides(g, "wrap_receive")]
         self._wrap_send = [g.wrap_send for g in reversed(self.guards) if _overrides(g, "wrap_send")]
+
+    async def start(self) -> None:
+        for guard in self.guards:
+            await guard.start()
+
+    async def aclose(self) -> None:
+        for guard in reversed(self.guards):
+            await guard.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

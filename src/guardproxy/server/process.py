@@ -123,7 +123,7 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any, *, tls: bool = 
     )
 
 
-async def serve(settings: Settings, listeners: Listeners) -> None:
+async def serve(settings: Settings, listeners: Listeners) -> None:  # noqa: PLR0915 - split by the runtime refactor
     """Run one worker until SIGTERM or SIGINT, then drain."""
     loop = asyncio.get_running_loop()
     pool = build_pool(settings.upstream)
@@ -177,6 +177,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
     gc.freeze()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     await readiness.start()
+    await proxy_app.start()
     if metrics is not None:
         metrics.start_flushing()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
@@ -192,6 +193,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:
             metrics.stop_flushing()
         admin.should_exit = True
         await admin_task
+        await proxy_app.aclose()
         await readiness.stop()
         await pool.aclose()
         if rate_limit_store is not None:
