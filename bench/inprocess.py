@@ -29,15 +29,13 @@ from typing import Any
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from guardproxy.app import build_proxy_app
-from guardproxy.asgi import ASGIApp
 from guardproxy.config import Settings
 from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.proxy.connection import UpstreamConnection
 from guardproxy.proxy.pool import ConnectionPool
-from guardproxy.server.limits import ConnectionLimits, Lifecycle
+from guardproxy.runtime import Runtime
+from guardproxy.server.limits import Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
-from guardproxy.upstream import build_pool
 
 # What wrk sends, and what the benchmark's upstream answers.
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -83,8 +81,8 @@ class Clients:
         self.answered = 0
         self.done: asyncio.Future[None] = loop.create_future()
 
-    def connect(self, app: ASGIApp, state: Any, config: Any) -> None:
-        protocol = ProxyHttpProtocol(config, state, _loop=self.loop, limits=ConnectionLimits(), lifecycle=Lifecycle())
+    def connect(self, runtime: Runtime, state: Any, config: Any) -> None:
+        protocol = ProxyHttpProtocol(config, state, _loop=self.loop, site=lambda: runtime.proxy, lifecycle=Lifecycle())
 
         def on_response(data: bytes) -> None:
             if not data.startswith(b"HTTP/1.1 200 "):
@@ -122,14 +120,12 @@ def main() -> int:
     options = parser.parse_args()
 
     settings = Settings(upstream={"url": "http://127.0.0.1:8000"})
-    pool = build_pool(settings.upstream)
-    fake_upstream(pool)
     metrics = ProxyMetrics(CollectorRegistry()) if settings.metrics.enabled else None
-    app = build_proxy_app(settings, pool, metrics)
+    runtime = Runtime(settings, lifecycle=Lifecycle(), metrics=metrics)
+    fake_upstream(runtime.pool)
 
-    class Config:  # what ProxyHttpProtocol reads from uvicorn's Config
+    class Config:  # what uvicorn would hand ProxyHttpProtocol (unused: the site gives the app)
         loaded = True
-        loaded_app = app
 
     class ServerState:  # what it reads from uvicorn's server state
         connections: set[Any] = set()  # noqa: RUF012
@@ -139,7 +135,7 @@ def main() -> int:
         clients = Clients(asyncio.get_running_loop(), options.requests)
         started = time.process_time()
         for _ in range(options.connections):
-            clients.connect(app, ServerState, Config)
+            clients.connect(runtime, ServerState, Config)
         await clients.done
         return time.process_time() - started
 

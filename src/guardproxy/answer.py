@@ -1,12 +1,15 @@
-"""Responses guardproxy gives itself instead of forwarding: refusals, redirects, preflight replies."""
+"""Responses guardproxy gives itself instead of forwarding (refusals, redirects, preflight
+replies), and the two ways a request ends early: refused, or cut after its response started."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from guardproxy import problems
 from guardproxy.asgi import Headers, Scope, Send
 from guardproxy.context import CONTEXT_KEY, RequestContext
+from guardproxy.outcomes import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +36,28 @@ class Answer:
 
 
 class RefusedError(Exception):
-    """Raised by a guard in the middle of a request (e.g. while the body streams) to answer it
-    with `answer` instead; the guard chain sends it if the response has not started."""
+    """Raised in the middle of a request to answer it with a problem instead: by a guard while
+    the body streams (413), or by the server when the body breaks (400) or stalls (408). The
+    guard chain renders and sends the problem if the response has not started, so it carries
+    the request ID and the security headers like every other answer, and it logs the outcome."""
 
-    def __init__(self, answer: Answer, outcome: str) -> None:
+    def __init__(
+        self,
+        problem: problems.ProblemType,
+        detail: str,
+        outcome: Outcome,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         super().__init__(outcome)
-        self.answer = answer
+        self.problem = problem
+        self.detail = detail
         self.outcome = outcome
+        self.headers = list(headers)
+
+    def answer(self, scope: Scope) -> Answer:
+        return Answer.problem(scope, self.problem, self.detail, self.headers)
+
+
+class ResponseAbortedError(Exception):
+    """Forwarding failed after the response had started: the client connection must be cut so a
+    truncated body is never taken for a complete one."""

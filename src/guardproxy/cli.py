@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # Imported here so `version` and `check-config` do not load the server stack.
-    from guardproxy.server import StartupError, run  # noqa: PLC0415
+    from guardproxy.server.process import StartupError, run  # noqa: PLC0415
 
     try:
         return run(settings)

@@ -6,16 +6,28 @@ typed fields, and the forwarder turns them into the upstream request in a single
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from guardproxy.outcomes import Outcome
 
 if TYPE_CHECKING:
     from guardproxy.asgi import Scope
     from guardproxy.routes import RoutePolicy
 
 CONTEXT_KEY = "guardproxy.context"
+
+# IDs must be unique, not secret: a Mersenne Twister seeded from the OS is unique enough and
+# costs no system call per request (os.urandom would cost three).
+_random = random.Random()  # noqa: S311
+random_bits = _random.getrandbits
+
+
+def new_request_id() -> str:
+    return "%032x" % random_bits(128)
 
 
 @dataclass(slots=True)
@@ -35,8 +47,8 @@ class RequestContext:
     # W3C trace context to send upstream; empty when the request carries none we can continue.
     traceparent: bytes = b""
     tracestate: bytes = b""
-    # How the exchange ended, for logs and metrics: "ok", or the guard or failure that ended it.
-    outcome: str = "ok"
+    # How the exchange ended, for logs and metrics: ok, or the guard or failure that ended it.
+    outcome: Outcome = Outcome.OK
     # The response status once the response has started; 0 before.
     status: int = 0
     # Counted against the in-flight limit (and to be released when the request ends).

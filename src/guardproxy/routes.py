@@ -16,10 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from guardproxy.guards.cors import CorsPolicy
 
 DEFAULT_ROUTE_NAME = "default"
 
@@ -58,10 +54,11 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
-    """Everything a guard or the forwarder needs to know about the route a request matched.
-
-    Built once at start from the global settings and the route's overrides, so no request ever
-    merges settings.
+    """What the server, the forwarder and the core guards need to know about the route a request
+    matched. Built once at start from the global settings and the route's overrides, so no
+    request ever merges settings. A guard with per-route settings of its own keeps them in a
+    table by route `name` (guards/cors.py, guards/rate_limit.py), so this core type never
+    depends on a guard.
     """
 
     name: str
@@ -69,8 +66,6 @@ class RoutePolicy:
     read_timeout: float
     total_timeout: float | None
     max_body_bytes: int
-    # None: CORS is not guardproxy's business on this route (the upstream's headers pass).
-    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,7 +105,16 @@ def requests_total(samples: dict) -> float:  # type: ignore[type-arg]
     return sum(count for (name, _), count in samples.items() if name == "guardproxy_requests_total")
 
 
-def test_protocol_refusals_are_counted_by_reason_and_not_as_requests(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+def requests_by_outcome(samples: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    counts: dict[str, float] = {}
+    for (name, labels), count in samples.items():
+        if name == "guardproxy_requests_total" and count:
+            outcome = dict(labels)["outcome"]
+            counts[outcome] = counts.get(outcome, 0) + count
+    return counts
+
+
+def test_protocol_refusals_are_counted_by_reason_and_as_requests(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
     gp = start_proxy(upstream.url, env={"GUARDPROXY_SERVER__REQUEST_HEAD_TIMEOUT": "0.5"})
     before = scrape(gp)
     assert refusals(before) == dict.fromkeys(
@@ -131,8 +140,16 @@ def test_protocol_refusals_are_counted_by_reason_and_not_as_requests(start_proxy
         "head_too_large": 2,
         "unsupported_coding": 1,
     }
-    # Refusals are not requests the guard chain saw: only the ordinary one was counted there.
-    assert requests_total(after) - requests_total(before) == 1
+    # Each refusal is also one request with its real status and outcome (one error path).
+    assert requests_total(after) - requests_total(before) == 8
+    assert requests_by_outcome(after) == {
+        "ok": 1,
+        "malformed": 2,
+        "head_timeout": 1,
+        "uri_too_long": 1,
+        "head_too_large": 2,
+        "unsupported_coding": 1,
+    }
 
 
 def test_a_client_that_connects_and_leaves_is_no_refusal(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from guardproxy.guards.compression import (
     media_type_matcher,
     negotiate,
 )
-from guardproxy.proxy.headers import merge_vary
+from guardproxy.http1.fields import merge_vary
 
 PREFERENCE = ("br", "zstd", "gzip")
 

@@ -1,5 +1,6 @@
-"""Metrics in one process (observability/metrics.py, tally.py): what the hot path counts reaches
-prometheus-client exactly once, histograms included."""
+"""Metrics in one process (observability/metrics.py, tally.py, guards/metrics.py): what the hot
+path counts reaches prometheus-client exactly once, histograms included, and a runtime's sources
+leave nothing behind when it is closed."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.context import RequestContext
-from guardproxy.observability.metrics import PROTOCOL_REFUSAL_REASONS, MetricsGuard, ProxyMetrics
+from guardproxy.guards.metrics import MetricsGuard
+from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.observability.tally import DURATION_BUCKETS
+from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 from guardproxy.routes import RoutePolicy
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -26,7 +29,7 @@ def complete(
     *,
     method: str = "GET",
     status: int = 200,
-    outcome: str = "ok",
+    outcome: Outcome = Outcome.OK,
     route_name: str = "default",
     seconds: float = 0.003,
     upstream: float = 0.002,
@@ -61,12 +64,12 @@ def metrics() -> ProxyMetrics:
 
 
 def test_requests_are_counted_by_route_method_class_and_outcome(metrics: ProxyMetrics) -> None:
-    guard = MetricsGuard(metrics=metrics)
+    guard = MetricsGuard(sources=metrics.sources())
     for _ in range(3):
         complete(guard)
     complete(guard, method="PROPFIND")  # outside the fixed method set
-    complete(guard, status=0, outcome="client_closed")  # no response ever started
-    complete(guard, method="POST", status=429, outcome="rate_limited", route_name="login")
+    complete(guard, status=0, outcome=Outcome.CLIENT_CLOSED)  # no response ever started
+    complete(guard, method="POST", status=429, outcome=Outcome.RATE_LIMITED, route_name="login")
     found = samples(metrics)
     labels = {"route": "default", "method": "GET", "status_class": "2xx", "outcome": "ok"}
     assert found[("guardproxy_requests_total", frozenset(labels.items()))] == 3
@@ -80,7 +83,7 @@ def test_requests_are_counted_by_route_method_class_and_outcome(metrics: ProxyMe
 
 
 def test_each_request_reaches_prometheus_exactly_once(metrics: ProxyMetrics) -> None:
-    guard = MetricsGuard(metrics=metrics)
+    guard = MetricsGuard(sources=metrics.sources())
     complete(guard, request_bytes=100, response_bytes=7)
     first = samples(metrics)
     metrics.flush()
@@ -108,7 +111,7 @@ def test_each_request_reaches_prometheus_exactly_once(metrics: ProxyMetrics) -> 
 def test_flushed_histograms_equal_observed_ones(values: list[float]) -> None:
     """The bulk path (counts per bucket, then flush) against prometheus-client's own observe()."""
     metrics = ProxyMetrics(CollectorRegistry())
-    guard = MetricsGuard(metrics=metrics)
+    guard = MetricsGuard(sources=metrics.sources())
     reference_registry = CollectorRegistry()
     reference = Histogram(
         "guardproxy_upstream_duration_seconds",
@@ -135,7 +138,7 @@ def test_flushed_histograms_equal_observed_ones(values: list[float]) -> None:
 
 
 def test_requests_without_an_upstream_answer_add_no_upstream_observation(metrics: ProxyMetrics) -> None:
-    guard = MetricsGuard(metrics=metrics)
+    guard = MetricsGuard(sources=metrics.sources())
     complete(guard, status=403, outcome="cors_refused", upstream=0.0)
     found = samples(metrics)
     route_label = frozenset({("route", "default")})
@@ -144,12 +147,12 @@ def test_requests_without_an_upstream_answer_add_no_upstream_observation(metrics
 
 
 def test_upstream_failures_are_counted_by_kind(metrics: ProxyMetrics) -> None:
-    guard = MetricsGuard(metrics=metrics)
-    complete(guard, status=502, outcome="upstream_error", upstream=0.0)
-    complete(guard, status=504, outcome="upstream_timeout", upstream=0.0)
-    complete(guard, status=504, outcome="upstream_timeout", upstream=0.0)
-    complete(guard, status=503, outcome="upstream_busy", upstream=0.0)
-    complete(guard, status=503, outcome="shed", upstream=0.0)  # guardproxy's own overload: not upstream's
+    guard = MetricsGuard(sources=metrics.sources())
+    complete(guard, status=502, outcome=Outcome.UPSTREAM_ERROR, upstream=0.0)
+    complete(guard, status=504, outcome=Outcome.UPSTREAM_TIMEOUT, upstream=0.0)
+    complete(guard, status=504, outcome=Outcome.UPSTREAM_TIMEOUT, upstream=0.0)
+    complete(guard, status=503, outcome=Outcome.UPSTREAM_BUSY, upstream=0.0)
+    complete(guard, status=503, outcome=Outcome.SHED, upstream=0.0)  # guardproxy's own overload: not upstream's
     found = samples(metrics)
     errors = {
         dict(labels)["kind"]: value
@@ -161,7 +164,8 @@ def test_upstream_failures_are_counted_by_kind(metrics: ProxyMetrics) -> None:
 
 def test_gauges_and_dropped_lines_are_read_at_every_scrape(metrics: ProxyMetrics) -> None:
     state = {"in_flight": 3, "dropped": 0}
-    metrics.watch(in_flight=lambda: state["in_flight"], log_lines_dropped=lambda: state["dropped"])
+    metrics.sources().watch_in_flight(lambda: state["in_flight"])
+    metrics.watch_log_lines_dropped(lambda: state["dropped"])
     found = samples(metrics)
     assert found[("guardproxy_requests_in_flight", frozenset())] == 3
     assert found[("guardproxy_log_lines_dropped_total", frozenset())] == 0
@@ -175,13 +179,13 @@ def test_gauges_and_dropped_lines_are_read_at_every_scrape(metrics: ProxyMetrics
 
 def test_upstream_up_follows_the_readiness_probe(metrics: ProxyMetrics) -> None:
     probe = {"ok": False}
-    metrics.watch_upstream(lambda: probe["ok"])
+    metrics.sources().watch_upstream(lambda: probe["ok"])
     assert samples(metrics)[("guardproxy_upstream_up", frozenset())] == 0
     probe["ok"] = True
     assert samples(metrics)[("guardproxy_upstream_up", frozenset())] == 1
 
 
-def test_protocol_refusals_by_reason_start_at_zero(metrics: ProxyMetrics) -> None:
+def test_protocol_refusals_by_reason_start_at_zero_and_are_counted_as_requests_too(metrics: ProxyMetrics) -> None:
     def refusals() -> dict[str, float]:
         return {
             dict(labels)["reason"]: value
@@ -189,16 +193,50 @@ def test_protocol_refusals_by_reason_start_at_zero(metrics: ProxyMetrics) -> Non
             if name == "guardproxy_protocol_refusals_total"
         }
 
-    assert refusals() == dict.fromkeys(PROTOCOL_REFUSAL_REASONS.values(), 0)
-    metrics.count_protocol_refusal(431)
-    metrics.count_protocol_refusal(431)
-    metrics.count_protocol_refusal(400)
-    metrics.count_protocol_refusal(418)  # a status the protocol does not refuse with today
+    assert refusals() == dict.fromkeys(PROTOCOL_OUTCOMES, 0)
+    guard = MetricsGuard(sources=metrics.sources())
+    complete(guard, status=431, outcome=Outcome.HEAD_TOO_LARGE, upstream=0.0)
+    complete(guard, status=431, outcome=Outcome.HEAD_TOO_LARGE, upstream=0.0)
+    complete(guard, method="-", status=400, outcome=Outcome.MALFORMED, upstream=0.0)
+    complete(guard, status=413, outcome=Outcome.TOO_LARGE, upstream=0.0)  # a guard's refusal, not the server's
     found = refusals()
-    assert found["head_too_large"] == 2
-    assert found["malformed"] == 1
-    assert found["other"] == 1
-    assert found["uri_too_long"] == 0
+    assert found == {**dict.fromkeys(PROTOCOL_OUTCOMES, 0), "head_too_large": 2, "malformed": 1}
+    requests = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in samples(metrics).items()
+        if name == "guardproxy_requests_total"
+    }
+    assert requests == {"head_too_large": 2, "malformed": 1, "too_large": 1}
+
+
+def test_closed_sources_hand_over_their_last_counts_and_are_then_forgotten(metrics: ProxyMetrics) -> None:
+    old = metrics.sources()
+    old.watch_in_flight(lambda: 4)
+    old.watch_upstream(lambda: False)
+    guard = MetricsGuard(sources=old)
+    complete(guard)
+    complete(guard)
+    new = metrics.sources()
+    new.watch_in_flight(lambda: 1)
+    new.watch_upstream(lambda: True)
+    found = samples(metrics)
+    assert found[("guardproxy_requests_in_flight", frozenset())] == 5  # both runtimes serve during a swap
+    assert found[("guardproxy_upstream_up", frozenset())] == 1  # the newest runtime's probe
+    complete(guard)  # a request that finished on the old runtime after the last scrape
+    old.close()
+    labels = frozenset({"route": "default", "method": "GET", "status_class": "2xx", "outcome": "ok"}.items())
+    found = samples(metrics)
+    assert found[("guardproxy_requests_total", labels)] == 3
+    assert found[("guardproxy_requests_in_flight", frozenset())] == 1
+    complete(guard)  # counted into a tally nobody takes any more: the old runtime is gone
+    assert samples(metrics)[("guardproxy_requests_total", labels)] == 3
+
+
+def test_a_second_close_of_the_same_sources_is_refused(metrics: ProxyMetrics) -> None:
+    sources = metrics.sources()
+    sources.close()
+    with pytest.raises(ValueError, match=r"not in list"):
+        sources.close()
 
 
 def test_rate_limit_families_are_exposed_before_any_decision(metrics: ProxyMetrics) -> None:
@@ -228,7 +266,7 @@ def test_rate_limit_interface_as_the_limiter_uses_it(metrics: ProxyMetrics) -> N
 
 
 def test_many_routes_and_methods_stay_within_fixed_label_sets(metrics: ProxyMetrics) -> None:
-    guard = MetricsGuard(metrics=metrics)
+    guard = MetricsGuard(sources=metrics.sources())
     for index in range(200):
         complete(guard, method=f"X{index}")
     series = [key for key in samples(metrics) if key[0] == "guardproxy_requests_total"]

@@ -97,7 +97,7 @@ WORKER = textwrap.dedent(
     metrics = ProxyMetrics.for_this_process()
     assert metrics.multiprocess
     metrics.requests.labels("default", "GET", "2xx", "ok").inc(int(sys.argv[1]))
-    metrics.watch(in_flight=lambda: int(sys.argv[2]), log_lines_dropped=lambda: 0)
+    metrics.sources().watch_in_flight(lambda: int(sys.argv[2]))
     metrics.ratelimit_fallback_active.set(int(sys.argv[3]))
     metrics.flush()
     """

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guardproxy import context as request_context
 from guardproxy.asgi import Headers
-from guardproxy.context import RequestContext
-from guardproxy.guards import request_id
-from guardproxy.guards.request_id import RequestIdGuard, continue_trace, new_request_id
+from guardproxy.context import RequestContext, new_request_id
+from guardproxy.guards.request_id import RequestIdGuard, continue_trace
 from guardproxy.routes import RoutePolicy
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -97,14 +97,14 @@ def test_continue_trace_always_sends_a_traceparent_that_would_itself_be_continue
 @given(seed=st.integers(min_value=0, max_value=2**64))
 def test_generated_ids_always_have_the_accepted_shape(seed: int) -> None:
     # Reseeding the module's generator walks many of its states; the real state is restored after.
-    state = request_id._random.getstate()
+    state = request_context._random.getstate()
     try:
-        request_id._random.seed(seed)
+        request_context._random.seed(seed)
         assert ACCEPTED_REQUEST_ID.fullmatch(new_request_id())
         assert len(new_request_id()) == 32
         parse_sent(continue_trace(None)[0])
     finally:
-        request_id._random.setstate(state)
+        request_context._random.setstate(state)
 
 
 def test_request_ids_and_spans_do_not_repeat() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from guardproxy.config import SecurityHeadersSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
 from guardproxy.routes import RoutePolicy
@@ -71,8 +72,11 @@ def test_none_preset_sends_only_what_is_set() -> None:
     assert fields == {b"x-extra": [b"1"]}
 
 
-def test_fixed_headers_for_server_answers() -> None:
-    names = [name for name, _ in guard().fixed_headers(https=False)]
-    assert b"content-security-policy" in names
-    assert b"strict-transport-security" not in names
-    assert b"strict-transport-security" in [name for name, _ in guard().fixed_headers(https=True)]
+def test_built_from_its_settings_section() -> None:
+    settings = SecurityHeadersSettings(drop=["X-Frame-Options"], hsts={"max_age": 60, "preload": True})
+    fields = respond(SecurityHeadersGuard.from_settings(settings), "https", [(b"server", b"x")])
+    assert b"x-frame-options" not in fields
+    assert b"server" not in fields
+    assert fields[b"strict-transport-security"] == [b"max-age=60; preload"]
+    off = SecurityHeadersSettings(hsts={"enabled": False})
+    assert b"strict-transport-security" not in respond(SecurityHeadersGuard.from_settings(off), "https", [])

@@ -12,6 +12,7 @@ from guardproxy.answer import Answer, RefusedError
 from guardproxy.asgi import Message, Receive, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.outcomes import Outcome
 
 _DETAIL = "The request body is larger than this endpoint accepts."
 
@@ -21,7 +22,7 @@ class BodyLimitGuard(Guard):
         limit = context.route.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and int(value) > limit:
-                context.outcome = "too_large"
+                context.outcome = Outcome.TOO_LARGE
                 return Answer.problem(scope, problems.CONTENT_TOO_LARGE, _DETAIL)
         return None
 
@@ -34,7 +35,7 @@ class BodyLimitGuard(Guard):
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                raise RefusedError(Answer.problem(scope, problems.CONTENT_TOO_LARGE, _DETAIL), "too_large")
+                raise RefusedError(problems.CONTENT_TOO_LARGE, _DETAIL, Outcome.TOO_LARGE)
             return message
 
         return counting_receive

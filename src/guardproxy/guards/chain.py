@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Sequence
 import structlog
 
 from guardproxy import problems
-from guardproxy.answer import Answer, RefusedError
+from guardproxy.answer import Answer, RefusedError, ResponseAbortedError
 from guardproxy.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
-from guardproxy.context import CONTEXT_KEY, RequestContext
-from guardproxy.proxy.errors import ResponseAbortedError
+from guardproxy.context import CONTEXT_KEY, RequestContext, new_request_id
+from guardproxy.outcomes import Outcome
 from guardproxy.routes import RouteTable
 
 log = structlog.get_logger(component="guardproxy.chain")
@@ -103,6 +103,51 @@ class GuardChain:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        context = self._context(scope)
+        for wrap_send in self._wrap_send:
+            send = wrap_send(scope, context, send)
+        for wrap_receive in self._wrap_receive:
+            receive = wrap_receive(scope, context, receive)
+        guarded_send = self._guarded(send, context)
+        try:
+            await self._handle(scope, receive, guarded_send, context)
+        except RefusedError as refusal:
+            context.outcome = refusal.outcome
+            if not context.status:
+                await refusal.answer(scope).send(guarded_send)
+        except ResponseAbortedError:
+            # Returning with the response unfinished makes the server cut the connection.
+            return
+        except OSError:
+            context.outcome = Outcome.CLIENT_CLOSED
+        except Exception:
+            log.exception("unhandled error", request_id=context.request_id, route=context.route.name)
+            context.outcome = Outcome.INTERNAL_ERROR
+            if not context.status:
+                await Answer.problem(scope, problems.INTERNAL_ERROR, "guardproxy could not handle this request.").send(
+                    guarded_send
+                )
+        finally:
+            for on_complete in self._on_complete:
+                on_complete(scope, context)
+
+    async def answer_refusal(self, refusal: RefusedError, scope: Scope, send: Send) -> None:
+        """Answer a request the server refused before the chain could judge it (a malformed or
+        oversized head, a head that came too late). No request hook runs, since nothing in the
+        request can be trusted; the answer gets the response hooks (security headers, the
+        request ID) and the completion hooks (one access-log line, one count) like any other."""
+        context = self._context(scope)
+        context.request_id = new_request_id()
+        context.outcome = refusal.outcome
+        try:
+            await refusal.answer(scope).send(self._guarded(send, context))
+        except OSError:
+            pass  # the client is gone; the outcome stays what the refusal was
+        finally:
+            for on_complete in self._on_complete:
+                on_complete(scope, context)
+
+    def _context(self, scope: Scope) -> RequestContext:
         client = scope.get("client")
         context = RequestContext(
             route=self.routes.match(scope["method"], scope["path"]),
@@ -110,10 +155,10 @@ class GuardChain:
             scheme=scope["scheme"],
         )
         scope[CONTEXT_KEY] = context
-        for wrap_send in self._wrap_send:
-            send = wrap_send(scope, context, send)
-        for wrap_receive in self._wrap_receive:
-            receive = wrap_receive(scope, context, receive)
+        return context
+
+    def _guarded(self, send: Send, context: RequestContext) -> Send:
+        """`send` with the response hooks run on the response head, and body bytes counted."""
         response_hooks = self._on_response_start
 
         # A plain function returning the next send's awaitable: no coroutine of its own per
@@ -128,27 +173,7 @@ class GuardChain:
                 context.response_bytes += len(message.get("body", b""))
             return send(message)
 
-        try:
-            await self._handle(scope, receive, guarded_send, context)
-        except RefusedError as refusal:
-            context.outcome = refusal.outcome
-            if not context.status:
-                await refusal.answer.send(guarded_send)
-        except ResponseAbortedError:
-            # Returning with the response unfinished makes the server cut the connection.
-            return
-        except OSError:
-            context.outcome = "client_closed"
-        except Exception:
-            log.exception("unhandled error", request_id=context.request_id, route=context.route.name)
-            context.outcome = "internal_error"
-            if not context.status:
-                await Answer.problem(scope, problems.INTERNAL_ERROR, "guardproxy could not handle this request.").send(
-                    guarded_send
-                )
-        finally:
-            for on_complete in self._on_complete:
-                on_complete(scope, context)
+        return guarded_send
 
     def _handle(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> Awaitable[None]:
         """The request hooks, then the app (the forwarder) unless a hook answers. A plain

@@ -24,9 +24,10 @@ import brotli
 from backports.zstd import ZstdCompressor
 
 from guardproxy.asgi import Headers, Message, Scope, Send
+from guardproxy.config import CompressionSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
-from guardproxy.proxy.headers import merge_vary
+from guardproxy.http1.fields import merge_vary
 
 # Bytes compressed between two yields to the event loop: ~1 ms of work at default levels.
 _SLICE = 64 * 1024
@@ -131,6 +132,17 @@ class CompressionGuard(Guard):
         # from growing it without bound.
         self._media_types: dict[bytes, tuple[bool, bool]] = {}
         self._levels = {"gzip": gzip_level, "br": brotli_quality, "zstd": zstd_level}
+
+    @classmethod
+    def from_settings(cls, settings: CompressionSettings) -> CompressionGuard:
+        return cls(
+            algorithms=settings.algorithms,
+            min_size=settings.min_size,
+            media_types=settings.media_types,
+            gzip_level=settings.gzip_level,
+            brotli_quality=settings.brotli_quality,
+            zstd_level=settings.zstd_level,
+        )
 
     def encoder(self, coding: str) -> Encoder:
         if coding == "br":

@@ -9,6 +9,7 @@ from guardproxy.answer import Answer
 from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.outcomes import Outcome
 
 _RETRY_AFTER = [(b"retry-after", b"1")]
 
@@ -20,7 +21,7 @@ class ConcurrencyGuard(Guard):
 
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         if self.in_flight >= self.max_in_flight:
-            context.outcome = "shed"
+            context.outcome = Outcome.SHED
             return Answer.problem(
                 scope, problems.OVERLOADED, "Too many requests are in progress; retry shortly.", _RETRY_AFTER
             )

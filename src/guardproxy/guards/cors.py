@@ -15,15 +15,16 @@ forwarded. The traps avoided:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from guardproxy import problems
 from guardproxy.answer import Answer
 from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.http1.fields import merge_vary
 from guardproxy.origins import SERIALIZED_ORIGIN, compile_origin_pattern
-from guardproxy.proxy.headers import merge_vary
+from guardproxy.outcomes import Outcome
 
 _VARY = b"origin"
 
@@ -96,8 +97,12 @@ class CorsPolicy:
 
 
 class CorsGuard(Guard):
+    def __init__(self, *, policies: Mapping[str, CorsPolicy]) -> None:
+        # By route name; a route with none leaves CORS to the upstream.
+        self._policies = dict(policies)
+
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
-        policy = context.route.cors
+        policy = self._policies.get(context.route.name)
         if policy is None:
             return None
         origins = []
@@ -115,18 +120,18 @@ class CorsGuard(Guard):
         if scope["method"] == "OPTIONS" and origin is not None and request_method is not None:
             answer = policy.preflight(origin, request_method, request_headers or b"") if allowed else None
             if answer is None:
-                context.outcome = "cors_refused"
+                context.outcome = Outcome.CORS_REFUSED
                 return Answer.problem(scope, problems.CORS_REFUSED, "This cross-origin request is not allowed.")
-            context.outcome = "cors_preflight"
+            context.outcome = Outcome.CORS_PREFLIGHT
             return answer
         if allowed and origin is not None:
             context.cors_headers = policy.response_headers(origin)
         return None
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
-        if context.route.cors is None:
+        if context.route.name not in self._policies:
             return
-        if context.outcome == "cors_preflight":
+        if context.outcome == Outcome.CORS_PREFLIGHT:
             return  # guardproxy's own complete answer
         headers[:] = [field for field in headers if not field[0].startswith(b"access-control-")]
         headers += context.cors_headers

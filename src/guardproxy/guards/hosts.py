@@ -11,6 +11,7 @@ from guardproxy.answer import Answer
 from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.outcomes import Outcome
 
 _VALID_HOST = re.compile(rb"[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\]")
 
@@ -36,10 +37,10 @@ class HostGuard(Guard):
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         name = split_port(context.host)
         if not _VALID_HOST.fullmatch(name):
-            context.outcome = "refused_host"
+            context.outcome = Outcome.REFUSED_HOST
             detail = "The request has no valid Host." if name else "The request has no Host."
             return Answer.problem(scope, problems.BAD_REQUEST, detail)
         if not self.allows(name.rstrip(b".")):
-            context.outcome = "refused_host"
+            context.outcome = Outcome.REFUSED_HOST
             return Answer.problem(scope, problems.MISDIRECTED, "This service does not answer to that host name.")
         return None

@@ -15,6 +15,7 @@ from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.guards.hosts import split_port
+from guardproxy.outcomes import Outcome
 from guardproxy.routes import compile_path_pattern
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -50,7 +51,7 @@ class HttpsRedirectGuard(Guard):
         host = self.canonical_host or (split_port(context.host) if self.hosts_vetted else None)
         if not host:
             return None  # no host that is safe to put in a Location: serve instead
-        context.outcome = "https_redirect"
+        context.outcome = Outcome.HTTPS_REDIRECT
         status = redirect_status(self.status, scope["method"])
         return Answer(status, [(b"location", https_location(host, scope)), (b"content-length", b"0")])
 
@@ -67,7 +68,7 @@ class RedirectEverythingGuard(Guard):
         # The host guard before this one has vetted the Host (configuration requires it when
         # there is no canonical host).
         host = (self.canonical_host or split_port(context.host)) + self.port_suffix
-        context.outcome = "https_redirect"
+        context.outcome = Outcome.HTTPS_REDIRECT
         location = https_location(host, scope)
         return Answer(
             redirect_status(self.status, scope["method"]), [(b"location", location), (b"content-length", b"0")]

@@ -15,6 +15,7 @@ from guardproxy.answer import Answer
 from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.outcomes import Outcome
 
 # After one round of percent-decoding: a "." or ".." segment, with "/" or "\" as separators.
 _TRAVERSAL = re.compile(rb"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
@@ -36,6 +37,6 @@ class PathGuard(Guard):
         if b"." not in raw_path and b"%" not in raw_path and b"\\" not in raw_path:
             return None
         if is_suspicious_path(raw_path):
-            context.outcome = "bad_path"
+            context.outcome = Outcome.BAD_PATH
             return Answer.problem(scope, problems.BAD_PATH, "The request path is not allowed.")
         return None

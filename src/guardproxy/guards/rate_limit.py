@@ -20,6 +20,7 @@ from guardproxy.answer import Answer
 from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
+from guardproxy.outcomes import Outcome
 from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.ratelimit.gcra import verdict
 from guardproxy.ratelimit.memory import MemoryStore
@@ -98,7 +99,7 @@ class RateLimitGuard(Guard):
             ]
         if not refused_by:
             return None
-        context.outcome = "rate_limited"
+        context.outcome = Outcome.RATE_LIMITED
         return Answer.problem(
             scope,
             problems.RATE_LIMITED,
@@ -111,7 +112,7 @@ class RateLimitGuard(Guard):
             return None
         # `deny`: the operator chose to refuse while the shared budget cannot be read.
         assert self.shared is not None
-        context.outcome = "rate_limited"
+        context.outcome = Outcome.RATE_LIMITED
         retry_after = max(1, math.ceil(self.shared.breaker_cooldown))
         return Answer.problem(
             scope,

@@ -8,11 +8,10 @@ invalid or missing one is replaced by a fresh trace (W3C Trace Context §3.2, §
 
 from __future__ import annotations
 
-import random
 import re
 
 from guardproxy.asgi import Headers, Scope
-from guardproxy.context import RequestContext
+from guardproxy.context import RequestContext, new_request_id, random_bits
 from guardproxy.guards.chain import Guard
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -23,18 +22,10 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 _ZERO_TRACE_ID = b"0" * 32
 _ZERO_SPAN_ID = b"0" * 16
 
-# IDs must be unique, not secret: a Mersenne Twister seeded from the OS is unique enough and
-# costs no system call per request (os.urandom would cost three).
-_random = random.Random()  # noqa: S311
-
-
-def new_request_id() -> str:
-    return "%032x" % _random.getrandbits(128)
-
 
 def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
     """The traceparent to send upstream, and whether the incoming one was continued."""
-    span_id = b"%016x" % _random.getrandbits(64)
+    span_id = b"%016x" % random_bits(64)
     if traceparent is not None:
         match = _TRACEPARENT.fullmatch(traceparent.strip())
         if match is not None:
@@ -47,7 +38,7 @@ def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
             )
             if valid:
                 return b"00-%b-%b-%b" % (trace_id, span_id, flags), True
-    trace_id = b"%032x" % _random.getrandbits(128)
+    trace_id = b"%032x" % random_bits(128)
     return b"00-%b-%b-00" % (trace_id, span_id), False
 
 

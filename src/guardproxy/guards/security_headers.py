@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from guardproxy.asgi import Headers
+from guardproxy.config import SecurityHeadersSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 
@@ -75,13 +76,19 @@ class SecurityHeadersGuard(Guard):
         self._upstream_wins = upstream_wins
         self._hsts = hsts
 
-    def fixed_headers(self, *, https: bool) -> Headers:
-        """The headers for answers given before any request reached the chain (malformed
-        requests refused by the server protocol itself)."""
-        fields = list(self._fields)
-        if https and self._hsts is not None:
-            fields.append((HSTS, self._hsts))
-        return fields
+    @classmethod
+    def from_settings(cls, settings: SecurityHeadersSettings) -> SecurityHeadersGuard:
+        hsts = settings.hsts
+        return cls(
+            preset=settings.preset,
+            set_headers=settings.set,
+            drop=settings.drop,
+            upstream_wins=settings.upstream_wins,
+            remove=settings.remove,
+            hsts=hsts_value(hsts.max_age, include_subdomains=hsts.include_subdomains, preload=hsts.preload)
+            if hsts.enabled
+            else None,
+        )
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
         kept: Headers = []

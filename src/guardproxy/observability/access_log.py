@@ -20,12 +20,9 @@ from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.observability.sink import LogSink
+from guardproxy.outcomes import SECURITY_OUTCOMES
 
 REDACTED = b"[REDACTED]"
-# Outcomes that are also security events: the audit trail.
-SECURITY_OUTCOMES = frozenset(
-    {"refused_host", "cors_refused", "too_large", "bad_path", "shed", "rate_limited", "https_redirect_refused"}
-)
 
 
 def redact_query(query: bytes, sensitive: frozenset[bytes]) -> str:

@@ -19,24 +19,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import REGISTRY
 
 from guardproxy.observability.multiprocess import MULTIPROC_DIR_ENV, WorkerProcessMetrics, aggregated_registry
-from guardproxy.observability.tally import DURATION_BUCKETS, MetricsGuard, RouteTally
-
-__all__ = ["MetricsGuard", "ProxyMetrics"]
+from guardproxy.observability.tally import DURATION_BUCKETS, RouteTally
+from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 
 # With several workers, a scrape is answered by one of them: the others' figures are at most
 # this many seconds old. Prometheus scrapes every 15 s or more.
 FLUSH_INTERVAL = 1.0
-# The server answers these itself, before any guard sees a request (server/protocol.py).
-PROTOCOL_REFUSAL_REASONS = {
-    400: "malformed",
-    408: "head_timeout",
-    414: "uri_too_long",
-    431: "head_too_large",
-    501: "unsupported_coding",
-}
 RATELIMIT_DECISIONS = ("allowed", "limited", "dry_run_limited")
 RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
-_UPSTREAM_FAILURES = {"upstream_error": "unavailable", "upstream_timeout": "timeout", "upstream_busy": "pool_exhausted"}
+_UPSTREAM_FAILURES: dict[str, str] = {
+    Outcome.UPSTREAM_ERROR: "unavailable",
+    Outcome.UPSTREAM_TIMEOUT: "timeout",
+    Outcome.UPSTREAM_BUSY: "pool_exhausted",
+}
 
 
 class PlainCounts:
@@ -55,6 +50,44 @@ class PlainCounts:
     def take(self) -> dict[tuple[str, ...], int]:
         counts, self._counts = self._counts, {}
         return counts
+
+
+class MetricSources:
+    """What one runtime counts into the process's metrics: its request tallies, its plain counts,
+    and the figures read from its objects at every flush. A reload builds a new runtime, so a new
+    set of sources; `close` hands over the last of the old one's counts and detaches it, so
+    nothing is lost and nothing keeps an old runtime alive."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        # The process's metric families, for the counts a runtime keeps of its own.
+        self.families = metrics
+        self.tallies: list[Callable[[], dict[str, RouteTally]]] = []
+        self.counts: list[tuple[Counter, PlainCounts]] = []
+        self.in_flight: Callable[[], float] = lambda: 0
+        self.upstream_up: Callable[[], bool] | None = None
+
+    def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
+        """Register a source of request tallies: `take()` hands over what was counted so far."""
+        self.tallies.append(take)
+
+    def counted(self, counter: Counter) -> PlainCounts:
+        """Counts for `counter` kept in a plain dict on the hot path, moved into it by flush()."""
+        counts = PlainCounts()
+        self.counts.append((counter, counts))
+        return counts
+
+    def watch_in_flight(self, in_flight: Callable[[], float]) -> None:
+        self.in_flight = in_flight
+
+    def watch_upstream(self, up: Callable[[], bool]) -> None:
+        """The readiness probe's latest verdict on the upstream, read at every flush."""
+        self.upstream_up = up
+
+    def ratelimit_fallback(self, active: bool) -> None:
+        self.families.ratelimit_fallback_active.set(int(active))
+
+    def close(self) -> None:
+        self.families.detach(self)
 
 
 class ProxyMetrics:
@@ -152,19 +185,16 @@ class ProxyMetrics:
         )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
-        for reason in PROTOCOL_REFUSAL_REASONS.values():
-            self.protocol_refusals.labels(reason)
+        for outcome in PROTOCOL_OUTCOMES:
+            self.protocol_refusals.labels(outcome)
         for kind in RATELIMIT_STORE_ERROR_KINDS:
             self.ratelimit_store_errors.labels(kind)
         self.workers.set(1)
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry
-        self._tallies: list[Callable[[], dict[str, RouteTally]]] = []
-        self._counts: list[tuple[Counter, PlainCounts]] = []
-        self._in_flight: Callable[[], float] = lambda: 0
+        self._sources: list[MetricSources] = []
         self._log_lines_dropped: Callable[[], int] = lambda: 0
         self._log_lines_dropped_seen = 0
-        self._upstream_up: Callable[[], bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -179,39 +209,31 @@ class ProxyMetrics:
             for decision in RATELIMIT_DECISIONS:
                 self.ratelimit_decisions.labels(rule, decision)
 
-    def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
-        """Register a source of request tallies: `take()` hands over what was counted so far."""
-        self._tallies.append(take)
+    def sources(self) -> MetricSources:
+        """A new set of per-runtime sources, flushed with every other until closed."""
+        sources = MetricSources(self)
+        self._sources.append(sources)
+        return sources
 
-    def counted(self, counter: Counter) -> PlainCounts:
-        """Counts for `counter` kept in a plain dict on the hot path, moved into it by flush()."""
-        counts = PlainCounts()
-        self._counts.append((counter, counts))
-        return counts
+    def detach(self, sources: MetricSources) -> None:
+        """The last flush of a closing runtime's counts, then forget them."""
+        self._flush_sources(sources)
+        self._sources.remove(sources)
 
-    def watch(self, in_flight: Callable[[], float], log_lines_dropped: Callable[[], int]) -> None:
-        """Figures read at every flush, from the objects that already keep them."""
-        self._in_flight = in_flight
+    def watch_log_lines_dropped(self, log_lines_dropped: Callable[[], int]) -> None:
+        """The process's log sink counts its drops; read at every flush."""
         self._log_lines_dropped = log_lines_dropped
-
-    def watch_upstream(self, up: Callable[[], bool]) -> None:
-        """The readiness probe's latest verdict on the upstream, read at every flush."""
-        self._upstream_up = up
-
-    def count_protocol_refusal(self, status: int) -> None:
-        self.protocol_refusals.labels(PROTOCOL_REFUSAL_REASONS.get(status, "other")).inc()
 
     def flush(self) -> None:
         """Move what was counted since the last flush into the prometheus-client metrics."""
-        for take in self._tallies:
-            for route, tally in take().items():
-                self._flush_route(route, tally)
-        for counter, counts in self._counts:
-            for labels, count in counts.take().items():
-                counter.labels(*labels).inc(count)
-        self.in_flight.set(self._in_flight())
-        if self._upstream_up is not None:
-            self.upstream_up.set(1 if self._upstream_up() else 0)
+        for sources in self._sources:
+            self._flush_sources(sources)
+        # While a reload overlaps two runtimes, both have requests in flight; the newest one
+        # probes the upstream the process now forwards to.
+        self.in_flight.set(sum(sources.in_flight() for sources in self._sources))
+        watched = [sources.upstream_up for sources in self._sources if sources.upstream_up is not None]
+        if watched:
+            self.upstream_up.set(1 if watched[-1]() else 0)
         dropped = self._log_lines_dropped()
         if dropped > self._log_lines_dropped_seen:
             self.log_lines_dropped.inc(dropped - self._log_lines_dropped_seen)
@@ -219,12 +241,24 @@ class ProxyMetrics:
         if self._process is not None:
             self._process.update()
 
+    def _flush_sources(self, sources: MetricSources) -> None:
+        for take in sources.tallies:
+            for route, tally in take().items():
+                self._flush_route(route, tally)
+        for counter, counts in sources.counts:
+            for labels, count in counts.take().items():
+                counter.labels(*labels).inc(count)
+
     def _flush_route(self, route: str, tally: RouteTally) -> None:
         for (method, status_class, outcome), count in tally.requests.items():
             self.requests.labels(route, method, status_class, outcome).inc(count)
+            # Two views derived here, off the hot path: upstream failures by kind, and the
+            # server's own refusals by reason (they are requests too, with a route and a status).
             failure = _UPSTREAM_FAILURES.get(outcome)
             if failure is not None:
                 self.upstream_errors.labels(route, failure).inc(count)
+            elif outcome in PROTOCOL_OUTCOMES:
+                self.protocol_refusals.labels(outcome).inc(count)
         _add_observations(self.duration.labels(route), tally.duration, tally.duration_sum)
         if tally.upstream_sum:
             _add_observations(self.upstream_duration.labels(route), tally.upstream, tally.upstream_sum)

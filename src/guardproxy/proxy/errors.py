@@ -35,8 +35,3 @@ class PoolExhaustedError(UpstreamError):
     """Every pooled connection stayed busy for the whole connect timeout (503)."""
 
     kind = "pool_exhausted"
-
-
-class ResponseAbortedError(Exception):
-    """Forwarding failed after the response had started: the client connection must be cut so a
-    truncated body is never taken for a complete one."""

@@ -15,21 +15,21 @@ from collections.abc import AsyncIterator, Awaitable
 import structlog
 
 from guardproxy import problems
-from guardproxy.answer import Answer
+from guardproxy.answer import Answer, ResponseAbortedError
 from guardproxy.asgi import Headers, Receive, Scope, Send
 from guardproxy.context import CONTEXT_KEY, RequestContext
-from guardproxy.proxy.errors import (
-    PoolExhaustedError,
-    ResponseAbortedError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
-from guardproxy.proxy.headers import (
+from guardproxy.http1.fields import (
     HOP_BY_HOP,
     REWRITTEN_REQUEST_FIELDS,
     VIA,
     end_to_end,
     strip_response_headers,
+)
+from guardproxy.outcomes import Outcome
+from guardproxy.proxy.errors import (
+    PoolExhaustedError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamTransport
 
@@ -67,7 +67,7 @@ class Forwarder:
         except TimeoutError:
             log.warning("upstream exchange exceeded its total timeout", request_id=context.request_id)
             if context.status:
-                context.outcome = "upstream_timeout"
+                context.outcome = Outcome.UPSTREAM_TIMEOUT
                 raise ResponseAbortedError from None
             await self._answer_failure(scope, send, context, UpstreamTimeoutError("total timeout"))
 
@@ -77,7 +77,7 @@ class Forwarder:
         try:
             response = await self._transport.send(request)
         except ClientDisconnectedError:
-            context.outcome = "client_closed"
+            context.outcome = Outcome.CLIENT_CLOSED
             return
         except UpstreamError as exc:
             await self._answer_failure(scope, send, context, exc)
@@ -103,9 +103,11 @@ class Forwarder:
         except OSError:
             # The client left (ASGI 2.4 send raises OSError): stop reading the upstream's body;
             # closing the response drops that connection.
-            context.outcome = "client_closed"
+            context.outcome = Outcome.CLIENT_CLOSED
         except UpstreamError as exc:
-            context.outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeoutError) else "upstream_error"
+            context.outcome = (
+                Outcome.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
+            )
             log.warning(
                 "upstream failed mid-response",
                 request_id=context.request_id,
@@ -175,13 +177,13 @@ class Forwarder:
 
     async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):
-            context.outcome = "upstream_timeout"
+            context.outcome = Outcome.UPSTREAM_TIMEOUT
             problem, detail = problems.UPSTREAM_TIMEOUT, "The upstream service did not answer in time."
         elif isinstance(exc, PoolExhaustedError):
-            context.outcome = "upstream_busy"
+            context.outcome = Outcome.UPSTREAM_BUSY
             problem, detail = problems.UPSTREAM_BUSY, "The upstream service is at its connection limit."
         else:
-            context.outcome = "upstream_error"
+            context.outcome = Outcome.UPSTREAM_ERROR
             problem, detail = problems.UPSTREAM_UNAVAILABLE, "The upstream service could not be reached."
         log.warning(
             "upstream request failed",

@@ -1,6 +1,3 @@
-"""Serving: processes and listeners (`process`), and the HTTP/1.1 protocol under the proxy
-listener (`protocol` for connections, `exchange` for one request and its response)."""
-
-from guardproxy.server.process import StartupError, run
-
-__all__ = ["StartupError", "run"]
+"""Serving: processes and listeners (`process`), the HTTP/1.1 protocol under the proxy listener
+(`protocol` for connections, `exchange` for one request and its response), and what a listener
+serves (`limits`)."""

@@ -1,111 +1,164 @@
 """One request and its response on a client connection: the ASGI `receive` and `send`.
 
-The protocol feeds it the request body as it is parsed; the application answers through `send`,
-which frames the body (Content-Length, chunked, or close-delimited for HTTP/1.0) and sends the
-head together with the first body chunk.
+The connection feeds it the request body as it is parsed; the application answers through
+`send`, which frames the body (http1/framing.py) and sends the head together with the first
+body chunk. Two explicit states say where the exchange is: `request` (is more body coming, or
+did the body break, stall or lose its client?) and `response` (not started, streaming, done).
+
+A request body that breaks (a bad chunk) or stalls is not answered here: `receive` raises the
+`RefusedError` that describes it, and the guard chain answers with a problem like any other
+refusal, so the client gets its request ID and the security headers and the access log gets
+one line with the real status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from enum import Enum
+from typing import Any, Protocol
 
 import structlog
 
 from guardproxy import problems
-from guardproxy.asgi import ASGIApp, Message
-
-if TYPE_CHECKING:
-    from guardproxy.server.protocol import ProxyHttpProtocol
+from guardproxy.answer import RefusedError
+from guardproxy.asgi import Message
+from guardproxy.http1.flow import FlowControl
+from guardproxy.http1.framing import CONTINUE, LAST_CHUNK, BodyFraming, chunk, response_framing, status_line
+from guardproxy.outcomes import Outcome
+from guardproxy.server.limits import Handler, Lifecycle
 
 log = structlog.get_logger(component="guardproxy.server")
-
-_STATUS_LINES = {
-    status: b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode("ascii"))
-    for status in range(100, 600)
-    if status in http.HTTPStatus._value2member_map_
-}
-_NO_BODY_STATUSES = frozenset({204, 304})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 class ClientDisconnectedError(OSError):
     """Raised by `send` when the client has gone away (ASGI 2.4 asks for an OSError)."""
 
 
+class RequestState(Enum):
+    RECEIVING = "receiving"  # more body is coming
+    COMPLETE = "complete"  # the whole body has been parsed (or there is none)
+    REFUSED = "refused"  # the body broke or stalled: `refusal` says how
+    GONE = "gone"  # the client disconnected
+
+
+class ResponseState(Enum):
+    NOT_STARTED = "not_started"
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    ABORTED = "aborted"  # the connection was cut so a partial response cannot pass for whole
+
+
+class Connection(Protocol):
+    """What an exchange needs of the connection it runs on (server/protocol.py)."""
+
+    loop: asyncio.AbstractEventLoop
+    flow: FlowControl
+    lifecycle: Lifecycle
+
+    def waiting_for_body(self) -> None: ...
+
+    def exchange_done(self, exchange: Exchange) -> None: ...
+
+
 class Exchange:
     __slots__ = (
         "_body",
         "_body_waiter",
-        "_chunked",
+        "_connection",
         "_expect_continue",
+        "_framing",
         "_held_head",
-        "_more_body",
-        "_protocol",
         "_remaining",
         "_transport",
+        "app",
         "body_progress_at",
-        "body_timed_out",
-        "disconnected",
         "keep_alive",
-        "response_complete",
-        "response_started",
+        "refusal",
+        "request",
+        "response",
         "scope",
         "waiting_for_body",
     )
 
-    def __init__(self, protocol: ProxyHttpProtocol, scope: dict[str, Any], *, keep_alive: bool, expect_continue: bool):
-        self._protocol = protocol
-        self._transport = cast(asyncio.Transport, protocol.transport)
+    def __init__(
+        self,
+        connection: Connection,
+        transport: asyncio.Transport,
+        app: Handler,
+        scope: dict[str, Any],
+        *,
+        keep_alive: bool,
+        expect_continue: bool = False,
+        refusal: RefusedError | None = None,
+    ) -> None:
+        self._connection = connection
+        self._transport = transport
+        self.app = app
         self.scope = scope
         self.keep_alive = keep_alive
         self._expect_continue = expect_continue
         self._body: deque[bytes] = deque()
-        self._more_body = True
         self._body_waiter: asyncio.Future[None] | None = None
-        # Read by the protocol's deadline timer: a body that stops arriving gets 408.
+        # Set when the server refuses the request before the application sees it (its head
+        # could not be trusted): the exchange then carries no body and only answers.
+        self.refusal = refusal
+        self.request = RequestState.RECEIVING if refusal is None else RequestState.COMPLETE
+        self.response = ResponseState.NOT_STARTED
+        # Read by the connection's deadline timer: a body that stops arriving gets 408.
         self.waiting_for_body = False
         self.body_progress_at = 0.0
-        self.body_timed_out = False
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
         self._held_head: bytes | None = None
-        self._chunked = False
-        self._remaining: int | None = None
+        self._framing = BodyFraming.NONE
+        self._remaining = 0
 
     @property
     def body_complete(self) -> bool:
-        return not self._more_body
+        return self.request is RequestState.COMPLETE
 
-    # fed by the protocol
+    @property
+    def client_disconnected(self) -> bool:
+        return self.request is RequestState.GONE
+
+    @property
+    def response_started(self) -> bool:
+        return self.response is not ResponseState.NOT_STARTED
+
+    @property
+    def finished(self) -> bool:
+        return self.response is ResponseState.COMPLETE or self.response is ResponseState.ABORTED
+
+    # fed by the connection
 
     def feed_body(self, data: bytes) -> int:
         """Queue a piece of the request body; returns how many bytes now wait to be read."""
         self._body.append(data)
-        self.body_progress_at = self._protocol.loop.time()
+        self.body_progress_at = self._connection.loop.time()
         self._wake()
         return sum(map(len, self._body)) if len(self._body) > 1 else len(data)
 
     def end_body(self) -> None:
-        self._more_body = False
-        self._wake()
+        if self.request is RequestState.RECEIVING:
+            self.request = RequestState.COMPLETE
+            self._wake()
 
     def client_gone(self) -> None:
-        self.disconnected = True
+        self.request = RequestState.GONE
         self._wake()
 
+    def refuse(self, refusal: RefusedError) -> None:
+        """The request body broke or stalled: the application's next `receive` raises `refusal`
+        and nothing incomplete goes upstream; the connection closes after the answer."""
+        if self.request is RequestState.RECEIVING:
+            self.request = RequestState.REFUSED
+            self.refusal = refusal
+            self.keep_alive = False
+            self._wake()
+
     def body_stalled(self) -> None:
-        """The protocol's timer found no body progress for too long."""
-        self.body_timed_out = True
-        self._wake()
+        """The connection's timer found no body progress for too long."""
+        self.refuse(RefusedError(problems.REQUEST_TIMEOUT, "The request body stopped arriving.", Outcome.BODY_TIMEOUT))
 
     def _wake(self) -> None:
         waiter = self._body_waiter
@@ -116,25 +169,29 @@ class Exchange:
 
     # ASGI
 
-    async def run(self, app: ASGIApp) -> None:
-        if self.disconnected:
-            # Refused (a broken body in the same packet as its head) or gone before the task
-            # started: nothing of this request goes anywhere.
+    async def run(self) -> None:
+        if self.request is RequestState.GONE:
+            # Gone before the task started: nothing of this request goes anywhere.
             self._abort()
             return
         try:
-            await app(self.scope, self.receive, self.send)
+            if self.refusal is not None:
+                # Refused before the application saw it (a broken head, or a body broken in the
+                # same packet as its head): answered without any of it going upstream.
+                await self.app.answer_refusal(self.refusal, self.scope, self.send)
+            else:
+                await self.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             # Shutdown ran out of grace time: cut the connection, never fake a response.
             self._abort()
             raise
         except Exception as exc:
+            # The guard chain is the safety net that answers with a problem; this is the net
+            # under it, for a failure in the chain itself.
             log.error("unhandled error in the application", exc_info=exc)
-            if not self.response_started and not self.disconnected:
+            if not self.response_started and not self.client_disconnected:
                 await self._send_problem(problems.INTERNAL_ERROR, "guardproxy could not handle this request.")
-        if self.body_timed_out and not self.response_started:
-            await self._send_problem(problems.REQUEST_TIMEOUT, "The request body stopped arriving.")
-        if not self.response_complete:
+        if not self.finished:
             # The application gave up mid-response (guardproxy does so on purpose when the
             # upstream fails mid-body): cut the connection so the client sees a truncated
             # response as truncated, never as complete.
@@ -143,36 +200,41 @@ class Exchange:
     async def receive(self) -> Message:
         if self._expect_continue:
             self._expect_continue = False
-            if not self.response_started and not self._transport.is_closing():
-                self._transport.write(_CONTINUE)
-        if not self._body and self._more_body and not self.disconnected:
+            if self.response is ResponseState.NOT_STARTED and not self._transport.is_closing():
+                self._transport.write(CONTINUE)
+        connection = self._connection
+        if not self._body and self.request is RequestState.RECEIVING:
             self.waiting_for_body = True
-            self.body_progress_at = self._protocol.loop.time()
-            self._protocol.waiting_for_body()
-            while not self._body and self._more_body and not self.disconnected and not self.body_timed_out:
-                self._protocol.resume_reading()
-                self._body_waiter = self._protocol.loop.create_future()
+            self.body_progress_at = connection.loop.time()
+            connection.waiting_for_body()
+            while not self._body and self.request is RequestState.RECEIVING:
+                connection.flow.resume_reading()
+                self._body_waiter = connection.loop.create_future()
                 await self._body_waiter
             self.waiting_for_body = False
-        if self.disconnected or self.body_timed_out or self.response_complete:
+        request = self.request
+        if request is RequestState.REFUSED:
+            assert self.refusal is not None
+            raise self.refusal
+        if request is RequestState.GONE or self.finished:
             return {"type": "http.disconnect"}
         if len(self._body) == 1:
             body = self._body.popleft()
         else:
             body = b"".join(self._body)
             self._body.clear()
-        self._protocol.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self._more_body}
+        connection.flow.resume_reading()
+        return {"type": "http.request", "body": body, "more_body": request is RequestState.RECEIVING}
 
     async def send(self, message: Message) -> None:
-        if self.disconnected or self._transport.is_closing():
+        if self.request is RequestState.GONE or self._transport.is_closing():
             raise ClientDisconnectedError("client disconnected")
-        if not self.response_started:
+        if self.response is ResponseState.NOT_STARTED:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
             self._start_response(message["status"], message.get("headers", ()))
             return
-        if self.response_complete or message["type"] != "http.response.body":
+        if self.response is not ResponseState.STREAMING or message["type"] != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {message['type']!r}")
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
@@ -184,17 +246,17 @@ class Exchange:
             self._transport.write(out)
         if not more_body:
             self._finish()
-        elif self._protocol.write_paused:
-            await self._protocol.drain()
-            if self.disconnected:
+        elif self._connection.flow.write_paused:
+            await self._connection.flow.drain()
+            if self.client_disconnected:
                 raise ClientDisconnectedError("client disconnected")
 
     # internals
 
     def _start_response(self, status: int, headers: Any) -> None:
-        self.response_started = True
+        self.response = ResponseState.STREAMING
         self._expect_continue = False
-        if self._protocol.lifecycle.draining or self._more_body:
+        if self._connection.lifecycle.draining or self.request is not RequestState.COMPLETE:
             # Draining: this client should take its next request to another instance. Or the
             # request body is not all read: the connection closes after this response (see
             # ProxyHttpProtocol.exchange_done), so say so.
@@ -208,36 +270,35 @@ class Exchange:
                 self.keep_alive = False
                 continue
             lines += (name, b": ", value, b"\r\n")
-        if self.scope["method"] != "HEAD" and status not in _NO_BODY_STATUSES and status >= 200:
-            if content_length is not None:
-                self._remaining = content_length
-            elif self.scope["http_version"] == "1.1":
-                self._chunked = True
-                lines.append(b"transfer-encoding: chunked\r\n")
-            else:
-                # An HTTP/1.0 client learns where the body ends from the connection closing.
-                self.keep_alive = False
-        else:
-            self._remaining = 0
+        scope = self.scope
+        framing = self._framing = response_framing(scope["method"], status, scope["http_version"], content_length)
+        if framing is BodyFraming.LENGTH:
+            assert content_length is not None
+            self._remaining = content_length
+        elif framing is BodyFraming.CHUNKED:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif framing is BodyFraming.CLOSE:
+            # An HTTP/1.0 client learns where the body ends from the connection closing.
+            self.keep_alive = False
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         # Held for one loop turn: it leaves together with the first body chunk if that comes
         # right away (the usual case), or alone when the turn ends (a slow stream).
         self._held_head = b"".join(lines)
-        self._protocol.loop.call_soon(self._flush_head)
+        self._connection.loop.call_soon(self._flush_head)
 
     def _frame(self, body: bytes, more_body: bool) -> bytes:
-        if self._chunked:
-            if body:
-                body = b"%x\r\n%b\r\n" % (len(body), body)
-            return body + b"0\r\n\r\n" if not more_body else body
-        if self._remaining == 0 and self.scope["method"] == "HEAD":
-            return b""
-        if self._remaining is not None:
+        framing = self._framing
+        if framing is BodyFraming.CHUNKED:
+            return chunk(body) if more_body else chunk(body) + LAST_CHUNK
+        if framing is BodyFraming.LENGTH:
             self._remaining -= len(body)
             if self._remaining < 0 or (not more_body and self._remaining != 0):
                 raise RuntimeError("response body does not match its Content-Length")
+            return body
+        if framing is BodyFraming.NONE:
+            return b""  # HEAD, 204, 304: whatever the application sends, the client gets no body
         return body
 
     def _flush_head(self) -> None:
@@ -246,14 +307,14 @@ class Exchange:
             self._transport.write(held)
 
     def _finish(self) -> None:
-        self.response_complete = True
-        self._protocol.exchange_done(self)
+        self.response = ResponseState.COMPLETE
+        self._connection.exchange_done(self)
 
     def _abort(self) -> None:
-        self.response_complete = True
+        self.response = ResponseState.ABORTED
         self._flush_head()
         self._transport.close()
-        self._protocol.exchange_done(self)
+        self._connection.exchange_done(self)
 
     async def _send_problem(self, problem: problems.ProblemType, detail: str) -> None:
         """A problem from the server itself, when the application could not give one."""

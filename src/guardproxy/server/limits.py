@@ -1,8 +1,24 @@
-"""What a client connection may do, and the switch that tells connections the server is draining."""
+"""What a listener serves: the application its connections run (`Site`), what a client
+connection may do (`ConnectionLimits`), and the switch that tells connections the server is
+draining (`Lifecycle`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from guardproxy.answer import RefusedError
+    from guardproxy.asgi import Receive, Scope, Send
+
+
+class Handler(Protocol):
+    """The application a listener's connections run (the guard chain, guards/chain.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+    async def answer_refusal(self, refusal: RefusedError, scope: Scope, send: Send) -> None:
+        """Answer a request the server refused before the application could see it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +42,12 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What one listener serves, from one runtime: a reload swaps in a new Site, and each
+    connection takes the current one for every request it starts."""
+
+    app: Handler
+    limits: ConnectionLimits

@@ -24,22 +24,14 @@ import structlog
 import uvicorn
 
 from guardproxy.admin import build_admin_app
-from guardproxy.app import (
-    build_proxy_app,
-    build_redirect_app,
-    build_shared_rate_limit_store,
-    security_headers_guard,
-)
-from guardproxy.asgi import ASGIApp
+from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import Address, ServerSettings, Settings
-from guardproxy.health import Readiness
-from guardproxy.observability.logging import configure_logging
+from guardproxy.observability.logging import configure_logging, log_sink
 from guardproxy.observability.metrics import ProxyMetrics
 from guardproxy.observability.multiprocess import MetricsDirectory, MetricsDirectoryError
-from guardproxy.ratelimit.failsoft import FailSoftStore
-from guardproxy.server.limits import ConnectionLimits, Lifecycle
+from guardproxy.runtime import CurrentRuntime, Runtime
+from guardproxy.server.limits import Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
-from guardproxy.upstream import build_pool
 
 log = structlog.get_logger(component="guardproxy.server")
 
@@ -59,6 +51,10 @@ class _Listener(uvicorn.Server):
         yield
 
 
+async def _served_by_the_protocol(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("ProxyHttpProtocol runs the current runtime's application")
+
+
 def bind(address: Address, setting: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     try:
@@ -67,17 +63,6 @@ def bind(address: Address, setting: str) -> socket.socket:
         raise StartupError(f"{setting}: cannot listen on {address}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
-
-
-def connection_limits(settings: ServerSettings) -> ConnectionLimits:
-    return ConnectionLimits(
-        head_timeout=settings.request_head_timeout,
-        keep_alive_timeout=settings.keep_alive_timeout,
-        body_timeout=settings.request_body_timeout,
-        max_head_bytes=settings.max_request_head_bytes,
-        max_header_fields=settings.max_header_fields,
-        max_uri_bytes=settings.max_uri_bytes,
-    )
 
 
 @dataclass(frozen=True)
@@ -101,10 +86,12 @@ class Listeners:
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any, *, tls: bool = False) -> uvicorn.Config:
+def _uvicorn_config(settings: Settings, http: Any, *, tls: bool = False, app: ASGIApp | None = None) -> uvicorn.Config:
+    """uvicorn's settings for one listener. The proxy listeners run guardproxy's own protocol,
+    which takes its application from the current runtime, so uvicorn's `app` is unused there."""
     server = settings.server
     return uvicorn.Config(
-        app,
+        app or _served_by_the_protocol,
         http=http,
         ssl_certfile=server.tls_cert if tls else None,
         ssl_keyfile=server.tls_key if tls else None,
@@ -123,34 +110,25 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, http: Any, *, tls: bool = 
     )
 
 
-async def serve(settings: Settings, listeners: Listeners) -> None:  # noqa: PLR0915 - split by the runtime refactor
+async def serve(settings: Settings, listeners: Listeners) -> None:
     """Run one worker until SIGTERM or SIGINT, then drain."""
     loop = asyncio.get_running_loop()
-    pool = build_pool(settings.upstream)
-    metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     lifecycle = Lifecycle()
-    readiness = Readiness(settings.upstream, lifecycle)
+    metrics = ProxyMetrics.for_this_process() if settings.metrics.enabled else None
     if metrics is not None:
-        metrics.watch_upstream(lambda: readiness.upstream.ok)
-    rate_limit_store = await _start_rate_limit_store(settings, metrics, readiness)
-    answer_headers = (
-        security_headers_guard(settings.security_headers).fixed_headers(https=False)
-        if settings.security_headers.enabled
-        else []
+        sink = log_sink()
+        metrics.watch_log_lines_dropped(lambda: sink.dropped)
+    current = CurrentRuntime(Runtime(settings, lifecycle=lifecycle, metrics=metrics))
+    tls = settings.server.tls_cert is not None
+    proxy = _Listener(
+        _uvicorn_config(settings, partial(ProxyHttpProtocol, site=current.proxy_site, lifecycle=lifecycle), tls=tls)
     )
-    protocol = partial(
-        ProxyHttpProtocol,
-        limits=connection_limits(settings.server),
-        lifecycle=lifecycle,
-        answer_headers=answer_headers,
-        count_refusal=metrics.count_protocol_refusal if metrics is not None else None,
-    )
-    proxy_app = build_proxy_app(settings, pool, metrics, rate_limit_store)
-    proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
-    admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
-    redirect = (
-        _Listener(_uvicorn_config(build_redirect_app(settings), settings, protocol)) if listeners.redirect else None
-    )
+    admin = _Listener(_uvicorn_config(settings, "httptools", app=build_admin_app(current.readiness, metrics)))
+    redirect = None
+    if listeners.redirect is not None:
+        redirect = _Listener(
+            _uvicorn_config(settings, partial(ProxyHttpProtocol, site=current.redirect_site, lifecycle=lifecycle))
+        )
 
     def stop_accepting() -> None:
         # uvicorn closes the listener, closes idle connections, lets busy ones finish their
@@ -176,8 +154,7 @@ async def serve(settings: Settings, listeners: Listeners) -> None:  # noqa: PLR0
     # generation less often measured ~4 % more throughput (bench/).
     gc.freeze()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    await readiness.start()
-    await proxy_app.start()
+    await current.runtime.start()
     if metrics is not None:
         metrics.start_flushing()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
@@ -189,25 +166,11 @@ async def serve(settings: Settings, listeners: Listeners) -> None:  # noqa: PLR0
     finally:
         if redirect_task is not None:
             await redirect_task
+        await current.runtime.aclose()
         if metrics is not None:
             metrics.stop_flushing()
         admin.should_exit = True
         await admin_task
-        await proxy_app.aclose()
-        await readiness.stop()
-        await pool.aclose()
-        if rate_limit_store is not None:
-            await rate_limit_store.shared.aclose()
-
-
-async def _start_rate_limit_store(
-    settings: Settings, metrics: ProxyMetrics | None, readiness: Readiness
-) -> FailSoftStore | None:
-    store = build_shared_rate_limit_store(settings, metrics)
-    if store is not None:
-        readiness.inform("rate_limit_store", store.report)
-        await store.shared.warm_up()
-    return store
 
 
 def _run_worker(settings: Settings, listeners: Listeners) -> None:

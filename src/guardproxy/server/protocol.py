@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from enum import Enum
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -34,20 +35,30 @@ import structlog
 import uvicorn
 
 from guardproxy import problems
-from guardproxy.asgi import ASGIApp, Headers
-from guardproxy.guards.request_id import new_request_id
-from guardproxy.server.exchange import Exchange, status_line
-from guardproxy.server.limits import ConnectionLimits, Lifecycle
+from guardproxy.answer import RefusedError
+from guardproxy.asgi import Headers
+from guardproxy.http1.flow import HIGH_WATER, FlowControl
+from guardproxy.outcomes import Outcome
+from guardproxy.server.exchange import Exchange
+from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
 
 log = structlog.get_logger(component="guardproxy.server")
 
-_HIGH_WATER = 256 * 1024
 # The usual methods as str without a decode per request; any other is decoded as it comes.
 _METHODS = {method.encode("ascii"): method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _RequestRefused(Exception):
-    """Raised inside a parser callback to stop parsing a request that has been answered."""
+    """Raised inside a parser callback to stop parsing a request that has been refused."""
+
+
+class Phase(Enum):
+    """Where the connection is between requests; the deadline that applies follows from it."""
+
+    HEAD = "head"  # a request head is due: a fresh connection, or one whose head is arriving
+    IDLE = "idle"  # keep-alive: nothing is due until the client starts a new request
+    BUSY = "busy"  # exchanges are in progress; their body and the upstream timeouts apply
+    REFUSED = "refused"  # a request was refused: nothing more is read from this connection
 
 
 class ProxyHttpProtocol(asyncio.Protocol):
@@ -60,39 +71,31 @@ class ProxyHttpProtocol(asyncio.Protocol):
         app_state: dict[str, Any] | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
         *,
-        limits: ConnectionLimits | None = None,
+        site: Callable[[], Site],
         lifecycle: Lifecycle | None = None,
-        answer_headers: Sequence[tuple[bytes, bytes]] = (),
-        count_refusal: Callable[[int], None] | None = None,
     ) -> None:
-        if not config.loaded:
-            config.load()
-        self.app: ASGIApp = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.connections: set[Any] = server_state.connections
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
-        self.limits = limits or ConnectionLimits()
+        # What this listener serves, looked up for every request: after a reload, requests on
+        # a kept-alive connection are served by the new runtime, the ones in flight by the old.
+        self._site = site
+        current = site()
+        self.app: Handler = current.app
+        self.limits: ConnectionLimits = current.limits
         self.lifecycle = lifecycle or Lifecycle()
-        # Added to every answer the server gives itself (security headers, for one).
-        self.answer_headers = list(answer_headers)
-        # Refusals never reach the guard chain (nor its metrics): counted here, by status.
-        self.count_refusal = count_refusal
+        self.flow = FlowControl(self.loop)
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
-        self.write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._read_paused = False
+        self.phase = Phase.HEAD
         # One lazily re-armed timer per connection enforces every deadline: a request only
         # moves timestamps, it never arms or cancels a timer itself.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._waiting_since = 0.0
-        self._fresh = True
-        self._head_started = False
-        self._refused = False
         self._closing = False
         # The exchange being answered, then any pipelined ones waiting behind it.
         self._exchanges: deque[Exchange] = deque()
@@ -104,10 +107,15 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self._head_raw = 0
         self._expect_continue = False
 
+    @property
+    def refused(self) -> bool:
+        return self.phase is Phase.REFUSED
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.flow.attach(self.transport)
         self.connections.add(self)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -124,39 +132,40 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self._timer = None
         for exchange in self._exchanges:
             exchange.client_gone()
-        self._wake_writers()
+        self.flow.wake_writer()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self.phase is Phase.REFUSED:
             return
-        head_was_incomplete = self._head_started
+        head_was_incomplete = self.phase is Phase.HEAD
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # Protocol upgrades are not tunnelled (yet): the request was served as a plain one
-            # and the connection closes after it, since llhttp stops parsing here.
+            # The upgrade hand-off point. Upgrades are not tunnelled yet: the request is served
+            # as a plain one (Upgrade is hop-by-hop) and the connection closes after it, since
+            # llhttp stops parsing here. A tunnel takes over the transport here once the
+            # upstream has answered 101 (transport.set_protocol, as uvicorn does).
             pass
         except httptools.HttpParserError as exc:
-            if not self._refused:
-                self._refuse(problems.BAD_REQUEST, _parser_detail(exc))
+            if not self.refused:  # a callback may have refused already, and stopped the parser
+                self._refuse(problems.BAD_REQUEST, _parser_detail(exc), Outcome.MALFORMED)
             return
-        if self._head_started:
+        if self.phase is Phase.HEAD:
             # The head is still incomplete. llhttp buffers a partial field without limit, so its
             # size is checked here too, not only in on_header: these are (at most) head bytes.
             self._head_raw = (self._head_raw if head_was_incomplete else 0) + len(data)
             if self._head_raw > self.limits.max_head_bytes:
-                self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.")
+                self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.", Outcome.HEAD_TOO_LARGE)
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read our answer; the exchange decides when to close.
         return True if self._exchanges else None
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self._wake_writers()
+        self.flow.resume_writing()
 
     # httptools callbacks
 
@@ -168,22 +177,24 @@ class ProxyHttpProtocol(asyncio.Protocol):
         if not self._exchanges:
             # The keep-alive wait is over. The head is due `head_timeout` after the connection
             # opened or the previous response ended, however slowly its bytes trickle in.
-            self._head_started = True
+            site = self._site()
+            self.app, self.limits = site.app, site.limits
+            self.phase = Phase.HEAD
             self._ensure_timer()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_uri_bytes:
-            self._refuse(problems.URI_TOO_LONG, "The request target is too long.")
+            self._refuse(problems.URI_TOO_LONG, "The request target is too long.", Outcome.URI_TOO_LONG)
             raise _RequestRefused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes + len(self._url) > self.limits.max_head_bytes:
-            self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.")
+            self._refuse(problems.HEADERS_TOO_LARGE, "The request head is too large.", Outcome.HEAD_TOO_LARGE)
             raise _RequestRefused
         if len(self._headers) >= self.limits.max_header_fields:
-            self._refuse(problems.HEADERS_TOO_LARGE, "The request has too many header fields.")
+            self._refuse(problems.HEADERS_TOO_LARGE, "The request has too many header fields.", Outcome.HEAD_TOO_LARGE)
             raise _RequestRefused
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
@@ -191,7 +202,6 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._head_started = False
         headers = self._headers
         for name, value in headers:
             if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
@@ -199,20 +209,24 @@ class ProxyHttpProtocol(asyncio.Protocol):
                 if codings[-1] == b"chunked":
                     # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does
                     # not decode; §6.1 says 501.
-                    self._refuse(problems.NOT_IMPLEMENTED, "Only the 'chunked' transfer coding is supported.")
+                    self._refuse(
+                        problems.NOT_IMPLEMENTED,
+                        "Only the 'chunked' transfer coding is supported.",
+                        Outcome.UNSUPPORTED_CODING,
+                    )
                 else:
-                    self._refuse(problems.BAD_REQUEST, "Invalid Transfer-Encoding.")
+                    self._refuse(problems.BAD_REQUEST, "Invalid Transfer-Encoding.", Outcome.MALFORMED)
                 raise _RequestRefused
         parser = self.parser
         http_version = parser.get_http_version()
         if http_version not in ("1.1", "1.0"):
             # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
-            self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
+            self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.", Outcome.MALFORMED)
             raise _RequestRefused
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
-            self._refuse(problems.BAD_REQUEST, "The request target is not a valid URL.")
+            self._refuse(problems.BAD_REQUEST, "The request target is not a valid URL.", Outcome.MALFORMED)
             raise _RequestRefused from None
         raw_path: bytes = url.path
         path = raw_path.decode("latin-1")
@@ -234,19 +248,17 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
-        exchange = Exchange(self, scope, keep_alive=keep_alive, expect_continue=self._expect_continue)
+        assert self.transport is not None
+        exchange = Exchange(
+            self, self.transport, self.app, scope, keep_alive=keep_alive, expect_continue=self._expect_continue
+        )
         self._parsing = exchange
-        self._exchanges.append(exchange)
-        if len(self._exchanges) == 1:
-            self._start(exchange)
-        else:
-            # Pipelined: answered in order, after the ones before it.
-            self._pause_reading()
+        self._queue(exchange)
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
-        if exchange is not None and exchange.feed_body(body) > _HIGH_WATER:
-            self._pause_reading()
+        if exchange is not None and exchange.feed_body(body) > HIGH_WATER:
+            self.flow.pause_reading()
 
     def on_message_complete(self) -> None:
         if self._parsing is not None:
@@ -264,18 +276,6 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     # used by Exchange
 
-    async def drain(self) -> None:
-        while self.write_paused and self.transport is not None and not self.transport.is_closing():
-            waiter = self._drain_waiter
-            if waiter is None or waiter.done():
-                waiter = self._drain_waiter = self.loop.create_future()
-            await waiter
-
-    def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
-
     def waiting_for_body(self) -> None:
         """The application waits for request body bytes: the body deadline applies now."""
         self._ensure_timer()
@@ -292,38 +292,41 @@ class ProxyHttpProtocol(asyncio.Protocol):
             return
         if self._exchanges:
             self._start(self._exchanges[0])
-        else:
+        elif self.phase is not Phase.REFUSED:
+            self.phase = Phase.IDLE
             self._waiting_since = self.loop.time()
-            self._fresh = self._head_started = False
             self._ensure_timer()
-        self.resume_reading()
+        self.flow.resume_reading()
 
     # internals
 
+    def _queue(self, exchange: Exchange) -> None:
+        self._exchanges.append(exchange)
+        if len(self._exchanges) == 1:
+            if self.phase is not Phase.REFUSED:
+                self.phase = Phase.BUSY
+            self._start(exchange)
+        else:
+            # Pipelined: answered in order, after the ones before it.
+            self.flow.pause_reading()
+
     def _start(self, exchange: Exchange) -> None:
-        task = self.loop.create_task(exchange.run(self.app))
+        task = self.loop.create_task(exchange.run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def _wake_writers(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def _deadline(self) -> float | None:
+        phase = self.phase
         if self._exchanges:
             exchange = self._exchanges[0]
             if exchange.waiting_for_body:
                 return exchange.body_progress_at + self.limits.body_timeout
             return None  # the application is working; the upstream timeouts apply
-        if self._fresh or self._head_started:
+        if phase is Phase.HEAD:
             return self._waiting_since + self.limits.head_timeout
-        return self._waiting_since + self.limits.keep_alive_timeout
+        if phase is Phase.IDLE:
+            return self._waiting_since + self.limits.keep_alive_timeout
+        return None
 
     def _ensure_timer(self) -> None:
         """Make sure a timer fires no later than the current deadline. Under steady traffic the
@@ -346,45 +349,58 @@ class ProxyHttpProtocol(asyncio.Protocol):
         if self.loop.time() < deadline:
             self._ensure_timer()
         elif self._exchanges:
-            log.info("request body stalled", client=self.client[0] if self.client else None)
             self._exchanges[0].body_stalled()
-        elif self._fresh or self._head_started:
-            log.info("request head not received in time", client=self.client[0] if self.client else None)
-            self._refuse(problems.REQUEST_TIMEOUT, "The request head did not arrive in time.")
+        elif self.phase is Phase.HEAD:
+            self._refuse(problems.REQUEST_TIMEOUT, "The request head did not arrive in time.", Outcome.HEAD_TIMEOUT)
         else:
             self.transport.close()  # idle keep-alive connection: nothing to say
 
-    def _refuse(self, problem: problems.ProblemType, detail: str) -> None:
-        """Answer a request that never reached the application, then close the connection."""
-        self._refused = True
+    def _refuse(self, problem: problems.ProblemType, detail: str, outcome: Outcome) -> None:
+        """Refuse what the parser is reading and stop reading this connection. The answer goes
+        through the application (`Handler.answer_refusal`), so it is a problem with a request
+        ID and the security headers, logged and counted like any other; the connection closes
+        after it, because its framing can no longer be trusted."""
+        self.phase = Phase.REFUSED
         if self.transport is None or self.transport.is_closing():
             return
-        if self.count_refusal is not None:
-            self.count_refusal(problem.status)
-        request_id = new_request_id()
-        log.warning(
-            "request refused",
-            request_id=request_id,
-            status=problem.status,
-            detail=detail,
-            client=self.client[0] if self.client else None,
-        )
+        refusal = RefusedError(problem, detail, outcome)
         exchange = self._parsing
-        if exchange is not None and not exchange.response_complete:
-            # The broken bytes belong to a request the application is already handling (a bad
-            # chunk in its body): tell it the client is gone so nothing incomplete goes upstream.
-            exchange.client_gone()
-            if exchange.response_started or len(self._exchanges) > 1:
-                # A response has begun on this connection; ours would interleave with it.
+        if exchange is not None and not exchange.finished and not exchange.body_complete:
+            # The broken bytes belong to the body of a request the application has: it answers.
+            if exchange.response_started:
+                # Its response has begun; an answer now would interleave with it.
                 self.transport.close()
-                return
-        body = problems.render_problem(problem, detail, request_id=request_id)
-        head = problems.problem_head(
-            body, [*self.answer_headers, (b"x-request-id", request_id.encode()), (b"connection", b"close")]
-        )
-        fields = [b"%s: %s\r\n" % field for field in head]
-        self.transport.write(b"".join([status_line(problem.status), *fields, b"\r\n", body]))
-        self.transport.close()
+            else:
+                exchange.refuse(refusal)
+            return
+        # A request of its own, answered in turn after the ones before it.
+        self._parsing = None
+        self._queue(Exchange(self, self.transport, self.app, self._refused_scope(), keep_alive=False, refusal=refusal))
+
+    def _refused_scope(self) -> dict[str, Any]:
+        """The little that can be said of a refused request: its method and path when the
+        request line got that far and within its limit, for the access log and the route."""
+        method, path = "-", ""
+        if self._url and len(self._url) <= self.limits.max_uri_bytes:
+            method = self.parser.get_method().decode("latin-1")
+            try:
+                path = httptools.parse_url(self._url).path.decode("latin-1")
+            except httptools.HttpParserInvalidURLError:
+                path = ""
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": "",
+            "path": path,
+            "raw_path": path.encode("latin-1"),
+            "query_string": b"",
+            "headers": [],
+        }
 
 
 def _parser_detail(exc: httptools.HttpParserError) -> str:

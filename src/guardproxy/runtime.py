@@ -1,16 +1,23 @@
-"""Builds the proxy's ASGI application from settings. The guard order lives here, and only here.
+"""The runtime: everything one running proxy has, built from one `Settings`, and the only place
+where settings become objects. The guard order lives here, and only here: read `build_guards`
+top to bottom as the way a request travels; each guard may rely on everything the ones above it
+have established.
 
-Read `build_guards` top to bottom as the way a request travels: each guard may rely on everything
-the ones above it have established.
+A `Runtime` owns the upstream pool, the rate-limit store, the readiness probe, the guard chains
+and its metric sources, and opens and closes them in `start()` / `aclose()`. What belongs to
+the process stays outside it, in `server/process.py`: the listening sockets, the drain switch,
+the metric families (a counter must not restart at a reload) and the log sink. A reload builds
+a second runtime beside the serving one, starts it, makes it `CurrentRuntime.runtime` (new
+connections and requests are served by it) and closes the old one once its requests are done.
 """
 
 from __future__ import annotations
 
-from guardproxy.asgi import ASGIApp, Receive, Scope, Send
+from guardproxy.asgi import Receive, Scope, Send
 from guardproxy.config import (
     CorsSettings,
     RouteSettings,
-    SecurityHeadersSettings,
+    ServerSettings,
     Settings,
     TimeoutOverrides,
 )
@@ -22,13 +29,15 @@ from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
+from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
-from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
+from guardproxy.guards.security_headers import SecurityHeadersGuard
+from guardproxy.health import Readiness
 from guardproxy.observability.access_log import AccessLogGuard
 from guardproxy.observability.logging import log_sink
-from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
+from guardproxy.observability.metrics import MetricSources, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
 from guardproxy.ratelimit.failsoft import FailSoftStore
@@ -36,7 +45,82 @@ from guardproxy.ratelimit.memory import MemoryStore
 from guardproxy.ratelimit.redis_store import RedisStore, connect
 from guardproxy.ratelimit.rules import compile_rules
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
-from guardproxy.upstream import upstream_origin
+from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
+from guardproxy.upstream import build_pool, upstream_origin
+
+
+class Runtime:
+    """One running proxy's objects, built from `settings`; see the module's docstring."""
+
+    def __init__(self, settings: Settings, *, lifecycle: Lifecycle, metrics: ProxyMetrics | None) -> None:
+        self.settings = settings
+        self.pool = build_pool(settings.upstream)
+        self.readiness = Readiness(settings.upstream, lifecycle)
+        self.metric_sources = metrics.sources() if metrics is not None else None
+        self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources)
+        limits = connection_limits(settings.server)
+        self.chains = [build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store)]
+        if settings.server.redirect_listen is not None:
+            self.chains.append(build_redirect_app(settings))
+        self.proxy = Site(self.chains[0], limits)
+        self.redirect = Site(self.chains[1], limits) if len(self.chains) > 1 else None
+
+    async def start(self) -> None:
+        """Open what the runtime needs before it serves: the store's connections, the first
+        readiness probe, and whatever the guards own."""
+        if self.rate_limit_store is not None:
+            self.readiness.inform("rate_limit_store", self.rate_limit_store.report)
+            await self.rate_limit_store.shared.warm_up()
+        if self.metric_sources is not None:
+            self.metric_sources.watch_upstream(lambda: self.readiness.upstream.ok)
+        await self.readiness.start()
+        for chain in self.chains:
+            await chain.start()
+
+    async def aclose(self) -> None:
+        """Close everything `start` opened, newest first; the last counts go to the metrics."""
+        for chain in reversed(self.chains):
+            await chain.aclose()
+        await self.readiness.stop()
+        await self.pool.aclose()
+        if self.rate_limit_store is not None:
+            await self.rate_limit_store.shared.aclose()
+        if self.metric_sources is not None:
+            self.metric_sources.close()
+
+
+class CurrentRuntime:
+    """The runtime that new connections and requests are served by; a reload replaces it."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def proxy_site(self) -> Site:
+        return self.runtime.proxy
+
+    def redirect_site(self) -> Site:
+        site = self.runtime.redirect
+        assert site is not None, "a redirect listener is only opened when server.redirect_listen is set"
+        return site
+
+    def readiness(self) -> Readiness:
+        return self.runtime.readiness
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Serve new requests from `runtime`; returns the one it replaces, for the caller to close."""
+        previous, self.runtime = self.runtime, runtime
+        return previous
+
+
+def connection_limits(settings: ServerSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        head_timeout=settings.request_head_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+        body_timeout=settings.request_body_timeout,
+        max_head_bytes=settings.max_request_head_bytes,
+        max_header_fields=settings.max_header_fields,
+        max_uri_bytes=settings.max_uri_bytes,
+    )
 
 
 def build_route_table(settings: Settings) -> RouteTable:
@@ -52,7 +136,6 @@ def build_route_table(settings: Settings) -> RouteTable:
             read_timeout=timeouts.read_timeout or upstream.read_timeout,
             total_timeout=timeouts.total_timeout or upstream.total_timeout,
             max_body_bytes=body_limit if body_limit is not None else settings.body_limit.max_bytes,
-            cors=cors_policy(settings.effective_cors(route)),
         )
 
     routes = [
@@ -64,6 +147,16 @@ def build_route_table(settings: Settings) -> RouteTable:
         for route in settings.routes
     ]
     return RouteTable(routes, default=policy(None))
+
+
+def cors_policies(settings: Settings) -> dict[str, CorsPolicy]:
+    """Each route's CORS policy, by route name; a route without one leaves CORS to the upstream."""
+    routes: list[RouteSettings | None] = [*settings.routes, None]
+    policies = {
+        route.name if route is not None else DEFAULT_ROUTE_NAME: cors_policy(settings.effective_cors(route))
+        for route in routes
+    }
+    return {name: policy for name, policy in policies.items() if policy is not None}
 
 
 def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
@@ -79,21 +172,7 @@ def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
     )
 
 
-def security_headers_guard(settings: SecurityHeadersSettings) -> SecurityHeadersGuard:
-    hsts = settings.hsts
-    return SecurityHeadersGuard(
-        preset=settings.preset,
-        set_headers=settings.set,
-        drop=settings.drop,
-        upstream_wins=settings.upstream_wins,
-        remove=settings.remove,
-        hsts=hsts_value(hsts.max_age, include_subdomains=hsts.include_subdomains, preload=hsts.preload)
-        if hsts.enabled
-        else None,
-    )
-
-
-def build_shared_rate_limit_store(settings: Settings, metrics: ProxyMetrics | None) -> FailSoftStore | None:
+def build_shared_rate_limit_store(settings: Settings, metrics: MetricSources | None) -> FailSoftStore | None:
     """The Redis-backed store behind the rate limits, when one is configured; the caller owns
     it and closes it at shutdown."""
     limits = settings.rate_limit
@@ -105,27 +184,27 @@ def build_shared_rate_limit_store(settings: Settings, metrics: ProxyMetrics | No
         fallback=limits.fallback,
         breaker_failures=limits.breaker_failures,
         breaker_cooldown=limits.breaker_cooldown,
-        on_error=metrics.counted(metrics.ratelimit_store_errors).add if metrics is not None else _ignore,
-        on_degraded=(lambda on: metrics.ratelimit_fallback_active.set(int(on))) if metrics is not None else _ignore,
+        on_error=metrics.counted(metrics.families.ratelimit_store_errors).add if metrics is not None else _ignore,
+        on_degraded=metrics.ratelimit_fallback if metrics is not None else _ignore,
     )
 
 
 def rate_limit_guard(
-    settings: Settings, metrics: ProxyMetrics | None, shared: FailSoftStore | None
+    settings: Settings, metrics: MetricSources | None, shared: FailSoftStore | None
 ) -> RateLimitGuard | None:
     rules = compile_rules(settings.rate_limit)
     if not rules:
         return None
     if metrics is not None:
         # Series that exist from the start: an alert on rate() sees the first 429s, not a new series.
-        metrics.declare_ratelimit_rules(rule.name for rule in rules)
+        metrics.families.declare_ratelimit_rules(rule.name for rule in rules)
     return RateLimitGuard(
         rules=rules,
         route_names=[policy.name for policy in build_route_table(settings).policies],
         key_prefix=settings.rate_limit.key_prefix,
         local=shared.local if shared is not None else MemoryStore(max_keys=settings.rate_limit.local_max_keys),
         shared=shared,
-        count_decision=metrics.counted(metrics.ratelimit_decisions).add if metrics is not None else _ignore,
+        count_decision=metrics.counted(metrics.families.ratelimit_decisions).add if metrics is not None else _ignore,
     )
 
 
@@ -134,7 +213,7 @@ def _ignore(*_: object) -> None:
 
 
 def build_guards(
-    settings: Settings, metrics: ProxyMetrics | None, rate_limit_store: FailSoftStore | None = None
+    settings: Settings, metrics: MetricSources | None, rate_limit_store: FailSoftStore | None = None
 ) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives."""
@@ -143,17 +222,18 @@ def build_guards(
         # First, so that it sees every outcome and logs every request exactly once.
         guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
     if metrics is not None:
-        guards.append(MetricsGuard(metrics=metrics))
+        guards.append(MetricsGuard(sources=metrics))
     if settings.security_headers.enabled:
         # Early in the list, so its response hook runs last: the final word on response headers.
-        guards.append(security_headers_guard(settings.security_headers))
+        guards.append(SecurityHeadersGuard.from_settings(settings.security_headers))
     # Who is asking, and over which scheme and host: every later decision depends on it.
     guards.append(ClientAddressGuard(trusted=settings.trusted_proxies.cidrs))
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     if settings.hosts.allowed:
         guards.append(HostGuard(allowed=settings.hosts.allowed))
-    if settings.cors.origins or any(route.cors.origins for route in settings.routes):
-        guards.append(CorsGuard())
+    cors = cors_policies(settings)
+    if cors:
+        guards.append(CorsGuard(policies=cors))
     if settings.https_redirect.enabled:
         guards.append(
             HttpsRedirectGuard(
@@ -167,8 +247,7 @@ def build_guards(
     concurrency = ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight)
     guards.append(concurrency)
     if metrics is not None:
-        sink = log_sink()
-        metrics.watch(in_flight=lambda: concurrency.in_flight, log_lines_dropped=lambda: sink.dropped)
+        metrics.watch_in_flight(lambda: concurrency.in_flight)
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
@@ -178,27 +257,17 @@ def build_guards(
         guards.append(rate_limit)
     if settings.compression.enabled:
         # Last: it sees response heads after every other guard has set its headers.
-        compression = settings.compression
-        guards.append(
-            CompressionGuard(
-                algorithms=compression.algorithms,
-                min_size=compression.min_size,
-                media_types=compression.media_types,
-                gzip_level=compression.gzip_level,
-                brotli_quality=compression.brotli_quality,
-                zstd_level=compression.zstd_level,
-            )
-        )
+        guards.append(CompressionGuard.from_settings(settings.compression))
     return guards
 
 
-def build_redirect_app(settings: Settings) -> ASGIApp:
+def build_redirect_app(settings: Settings) -> GuardChain:
     """The plain-HTTP redirect listener: security headers, request IDs, host check, redirect."""
     guards: list[Guard] = []
     if settings.logging.access_log:
         guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
     if settings.security_headers.enabled:
-        guards.append(security_headers_guard(settings.security_headers))
+        guards.append(SecurityHeadersGuard.from_settings(settings.security_headers))
     guards.append(ClientAddressGuard(trusted=[]))
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     if settings.hosts.allowed:
@@ -220,7 +289,7 @@ async def _never_reached(scope: Scope, receive: Receive, send: Send) -> None:
 def build_proxy_app(
     settings: Settings,
     transport: UpstreamTransport,
-    metrics: ProxyMetrics | None,
+    metrics: MetricSources | None,
     rate_limit_store: FailSoftStore | None = None,
 ) -> GuardChain:
     forwarder = Forwarder(

@@ -1,4 +1,4 @@
-"""Hop-by-hop stripping (RFC 9110 §7.6.1) and response header rewriting (proxy/headers.py)."""
+"""Hop-by-hop stripping (RFC 9110 §7.6.1) and response header rewriting (http1/fields.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guardproxy.asgi import Headers
-from guardproxy.proxy.headers import (
+from guardproxy.http1.fields import (
     HOP_BY_HOP,
     REWRITTEN_REQUEST_FIELDS,
     VIA,

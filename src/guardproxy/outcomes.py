@@ -1,0 +1,66 @@
+"""How a request ended: one name per way, shared by the access log, the metrics, the alert rules
+and the docs (tests/unit/test_outcomes.py holds the last three to this list).
+
+The values are the strings that appear in log lines and in the `outcome` label, so they are
+part of guardproxy's interface: rename one and every dashboard that filters on it breaks.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    # Forwarded, and the upstream's response (whatever its status) went out whole.
+    OK = "ok"
+    # The client hung up before its response was complete.
+    CLIENT_CLOSED = "client_closed"
+    # guardproxy itself failed; the client got a 500 problem or a cut connection.
+    INTERNAL_ERROR = "internal_error"
+
+    # Refused by the server before any guard ran: the request's bytes could not be trusted.
+    MALFORMED = "malformed"  # 400
+    HEAD_TIMEOUT = "head_timeout"  # 408: the request head did not arrive in time
+    URI_TOO_LONG = "uri_too_long"  # 414
+    HEAD_TOO_LARGE = "head_too_large"  # 431
+    UNSUPPORTED_CODING = "unsupported_coding"  # 501: a transfer coding other than chunked
+    BODY_TIMEOUT = "body_timeout"  # 408: the request body stopped arriving
+
+    # Refused or answered by a guard.
+    REFUSED_HOST = "refused_host"
+    CORS_REFUSED = "cors_refused"
+    CORS_PREFLIGHT = "cors_preflight"
+    HTTPS_REDIRECT = "https_redirect"
+    SHED = "shed"
+    BAD_PATH = "bad_path"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+
+    # The upstream could not give an answer.
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_BUSY = "upstream_busy"
+
+
+# Refusals a client earns by sending what it should not: each also gets an audit line of its own.
+SECURITY_OUTCOMES = frozenset(
+    {
+        Outcome.REFUSED_HOST,
+        Outcome.CORS_REFUSED,
+        Outcome.TOO_LARGE,
+        Outcome.BAD_PATH,
+        Outcome.SHED,
+        Outcome.RATE_LIMITED,
+    }
+)
+
+# The server's own refusals, before the guard chain could judge the request.
+PROTOCOL_OUTCOMES = frozenset(
+    {
+        Outcome.MALFORMED,
+        Outcome.HEAD_TIMEOUT,
+        Outcome.URI_TOO_LONG,
+        Outcome.HEAD_TOO_LARGE,
+        Outcome.UNSUPPORTED_CODING,
+    }
+)
