@@ -3,9 +3,10 @@
 A raw protocol instead of a client library because this is the hot path: DESIGN.md's
 measurements put httpx at ~0.02 and aiohttp at ~0.15 of nginx's throughput, this design at ~0.45.
 
-Flow control runs both ways. Request bodies wait in `wait_writable` while the socket's buffer is
-full; response bodies stop the socket reading once `_HIGH_WATER` bytes wait for a slow client, so
-memory per exchange stays bounded however large the body is.
+Flow control runs both ways (http1/flow.py, as on the server side). Request bodies wait in
+`wait_writable` while the socket's buffer is full; response bodies stop the socket reading once
+`HIGH_WATER` bytes wait for a slow client, so memory per exchange stays bounded however large
+the body is.
 
 Timeouts are not timers per request: the pool's ticker calls `check_idle`, and an exchange fails
 once nothing has moved either way for its idle timeout (nginx's proxy_read_timeout and
@@ -22,6 +23,8 @@ from typing import cast
 import httptools
 
 from guardproxy.asgi import Headers
+from guardproxy.http1.flow import HIGH_WATER, FlowControl
+from guardproxy.http1.framing import NO_BODY_STATUSES
 from guardproxy.proxy.errors import (
     UpstreamClosedError,
     UpstreamError,
@@ -29,7 +32,6 @@ from guardproxy.proxy.errors import (
     UpstreamTimeoutError,
 )
 
-_HIGH_WATER = 256 * 1024
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
@@ -41,9 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.exchanges = 0
         self.idle_since = 0.0
-        self._write_paused = False
-        self._writable: asyncio.Future[None] | None = None
-        self._read_paused = False
+        self._flow = FlowControl(loop)
         # Per exchange, reset by `begin`.
         self._head_only = False
         self._interim = False
@@ -66,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._flow.attach(self._transport)
 
     def data_received(self, data: bytes) -> None:
         self._bytes_received += len(data)
@@ -92,11 +93,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_closed(exc)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_writer()
+        self._flow.resume_writing()
 
     # httptools callbacks
 
@@ -120,12 +120,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._framed = False
             return
         self._status = status
-        if status in (204, 304):
+        if status in NO_BODY_STATUSES:
             self._framed = True
         # Read now: llhttp resets its flags once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
         self._head.set_result(None)
-        self._wake_writer()
+        self._flow.wake_writer()
         if self._head_only:
             # llhttp cannot know the request was HEAD; the response ends with its head.
             self._finish()
@@ -136,9 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._read_paused and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
+        if self._buffered > HIGH_WATER:
+            self._flow.pause_reading()
         self._wake_reader()
 
     def on_message_complete(self) -> None:
@@ -212,9 +211,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def wait_writable(self) -> None:
         """Wait while the socket buffer is full."""
-        while self._write_paused and not self.closed:
-            self._writable = self._loop.create_future()
-            await self._writable
+        if self._flow.write_paused and not self.closed:
+            await self._flow.drain()
         if self.closed:
             raise self._error or UpstreamClosedError("connection closed while sending")
 
@@ -239,9 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
             data = b"".join(self._chunks)
             self._chunks.clear()
         self._buffered = 0
-        if self._read_paused and self._transport is not None:
-            self._read_paused = False
-            self._transport.resume_reading()
+        self._flow.resume_reading()
         return data
 
     def check_idle(self, now: float) -> None:
@@ -280,18 +276,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         self._wake_reader()
-        self._wake_writer()
+        self._flow.wake_writer()
 
     def _wake_reader(self) -> None:
         waiter = self._body_waiter
         if waiter is not None:
             self._body_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _wake_writer(self) -> None:
-        waiter = self._writable
-        if waiter is not None:
-            self._writable = None
             if not waiter.done():
                 waiter.set_result(None)

@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from guardproxy.asgi import Headers
+from guardproxy.http1 import framing
 from guardproxy.proxy.connection import UpstreamConnection
 from guardproxy.proxy.errors import (
     PoolExhaustedError,
@@ -252,12 +253,12 @@ async def _stream_body(connection: UpstreamConnection, request: UpstreamRequest)
 async def _send_body(connection: UpstreamConnection, request: UpstreamRequest) -> None:
     assert request.body is not None
     chunked = request.content_length is None
-    async for chunk in request.body:
-        if chunk:
-            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    async for data in request.body:
+        if data:
+            connection.write(framing.chunk(data) if chunked else data)
             await connection.wait_writable()
     if chunked:
-        connection.write(b"0\r\n\r\n")
+        connection.write(framing.LAST_CHUNK)
 
 
 def _request_head(request: UpstreamRequest) -> bytes:
