@@ -134,9 +134,10 @@ class ConnectionPool:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        for connection in self._idle:
-            connection.close()
-        self._idle.clear()
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._discard(connection)
+        # Busy connections go when their exchange ends: `release` discards them while closing.
 
     @property
     def open_connections(self) -> int:

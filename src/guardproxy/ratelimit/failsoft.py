@@ -11,9 +11,9 @@ the circuit. No request ever gets a 5xx because of the limiter's store.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,7 +22,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guardproxy.ratelimit.gcra import Rate
 from guardproxy.ratelimit.memory import MemoryStore
-from guardproxy.ratelimit.redis_store import RedisStore
 
 log = structlog.get_logger(component="guardproxy.rate_limit")
 
@@ -49,10 +48,21 @@ def error_kind(exc: BaseException) -> str:
     return "other"
 
 
+class SharedStore(Protocol):
+    """What the fail-soft store needs of the shared one (ratelimit/redis_store.py's RedisStore)."""
+
+    def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> Awaitable[list[int]]:
+        """Each limit's backlog before this request, decided atomically by the store."""
+
+    async def warm_up(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class FailSoftStore:
     def __init__(
         self,
-        shared: RedisStore,
+        shared: SharedStore,
         local: MemoryStore,
         *,
         fallback: Fallback,
@@ -60,8 +70,10 @@ class FailSoftStore:
         breaker_cooldown: float,
         on_error: Callable[[str], None] = lambda kind: None,
         on_degraded: Callable[[bool], None] = lambda degraded: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.shared = shared
+        self._clock = clock
         self.local = local
         self.fallback: Fallback = fallback
         self.breaker_failures = breaker_failures
@@ -75,7 +87,7 @@ class FailSoftStore:
         self.last_error = ""
 
     async def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> StoreDecision:
-        if self._open_until is not None and (self._probing or time.monotonic() < self._open_until):
+        if self._open_until is not None and (self._probing or self._clock() < self._open_until):
             return self._fall_back(keys, rates, enforce)
         probe = self._open_until is not None
         self._probing = probe
@@ -110,7 +122,7 @@ class FailSoftStore:
                     fallback=self.fallback,
                     retry_in=self.breaker_cooldown,
                 )
-            self._open_until = time.monotonic() + self.breaker_cooldown
+            self._open_until = self._clock() + self.breaker_cooldown
         self._set_degraded(True)
 
     def _succeeded(self) -> None:
