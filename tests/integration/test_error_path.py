@@ -30,7 +30,8 @@ def assert_answered_by_guardproxy(response: ParsedResponse, status: int) -> str:
     assert response.status == status
     assert response.header(b"content-type") == b"application/problem+json"
     request_id = response.header(b"x-request-id")
-    assert request_id is not None and len(request_id) == 32
+    assert request_id is not None
+    assert len(request_id) == 32
     body = orjson.loads(response.body)
     assert body["status"] == status
     assert body["request_id"] == request_id.decode()

@@ -80,7 +80,8 @@ async def test_an_invalid_response_fails_the_exchange_and_closes_the_connection(
     await upstream.head
     with pytest.raises(UpstreamProtocolError):
         upstream.response_head()
-    assert transport.closed and not upstream.reusable
+    assert transport.closed
+    assert not upstream.reusable
 
 
 async def test_a_second_response_to_one_request_is_a_protocol_error() -> None:

@@ -100,16 +100,19 @@ async def test_the_circuit_opens_after_three_failures_probes_after_the_cooldown_
     shared.outcomes = [TimeoutError()] * 3
     for _ in range(3):
         assert await check(failsoft) == "local"
-    assert failsoft.circuit_open and shared.calls == 3
+    assert failsoft.circuit_open
+    assert shared.calls == 3
     for _ in range(10):  # open: Redis is not asked at all
         assert await check(failsoft) == "local"
     assert shared.calls == 3
     clock.now += 5.0
     shared.outcomes = [TimeoutError()]
     assert await check(failsoft) == "local"  # the probe failed: open for another cool-down
-    assert shared.calls == 4 and failsoft.circuit_open
+    assert shared.calls == 4
+    assert failsoft.circuit_open
     clock.now += 4.9
-    assert await check(failsoft) == "local" and shared.calls == 4
+    assert await check(failsoft) == "local"
+    assert shared.calls == 4
     clock.now += 0.1
     assert await check(failsoft) == "shared"  # the probe succeeded
     assert not failsoft.circuit_open
