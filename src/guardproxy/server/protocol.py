@@ -41,6 +41,7 @@ from guardproxy.http1.flow import HIGH_WATER, FlowControl
 from guardproxy.outcomes import Outcome
 from guardproxy.server.exchange import Exchange
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
+from guardproxy.server.refusals import parser_detail, refused_scope
 
 log = structlog.get_logger(component="guardproxy.server")
 
@@ -148,7 +149,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             pass
         except httptools.HttpParserError as exc:
             if not self.refused:  # a callback may have refused already, and stopped the parser
-                self._refuse(problems.BAD_REQUEST, _parser_detail(exc), Outcome.MALFORMED)
+                self._refuse(problems.BAD_REQUEST, parser_detail(exc), Outcome.MALFORMED)
             return
         if self.phase is Phase.HEAD:
             # The head is still incomplete. llhttp buffers a partial field without limit, so its
@@ -375,38 +376,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
             return
         # A request of its own, answered in turn after the ones before it.
         self._parsing = None
-        self._queue(Exchange(self, self.transport, self.app, self._refused_scope(), keep_alive=False, refusal=refusal))
-
-    def _refused_scope(self) -> dict[str, Any]:
-        """The little that can be said of a refused request: its method and path when the
-        request line got that far and within its limit, for the access log and the route."""
-        method, path = "-", ""
-        if self._url and len(self._url) <= self.limits.max_uri_bytes:
-            method = self.parser.get_method().decode("latin-1")
-            try:
-                path = httptools.parse_url(self._url).path.decode("latin-1")
-            except httptools.HttpParserInvalidURLError:
-                path = ""
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": method,
-            "root_path": "",
-            "path": path,
-            "raw_path": path.encode("latin-1"),
-            "query_string": b"",
-            "headers": [],
-        }
-
-
-def _parser_detail(exc: httptools.HttpParserError) -> str:
-    # llhttp's reasons are fixed strings about the request's own bytes ("Invalid character in
-    # Content-Length"): safe and useful to the client that sent them.
-    reason = str(exc).strip()
-    if isinstance(exc, httptools.HttpParserCallbackError) or not reason:
-        return "The request is not valid HTTP/1.1."
-    return f"The request is not valid HTTP/1.1: {reason}."
+        self._queue(
+            Exchange(
+                self,
+                self.transport,
+                self.app,
+                refused_scope(self.parser, self._url, self.limits, self.client, self.server, self.scheme),
+                keep_alive=False,
+                refusal=refusal,
+            )
+        )
