@@ -376,13 +376,5 @@ class ProxyHttpProtocol(asyncio.Protocol):
             return
         # A request of its own, answered in turn after the ones before it.
         self._parsing = None
-        self._queue(
-            Exchange(
-                self,
-                self.transport,
-                self.app,
-                refused_scope(self.parser, self._url, self.limits, self.client, self.server, self.scheme),
-                keep_alive=False,
-                refusal=refusal,
-            )
-        )
+        scope = refused_scope(self.parser, self._url, self.limits, peers=(self.client, self.server), scheme=self.scheme)
+        self._queue(Exchange(self, self.transport, self.app, scope, keep_alive=False, refusal=refusal))

@@ -24,8 +24,8 @@ def refused_scope(
     parser: httptools.HttpRequestParser,
     url: bytes,
     limits: ConnectionLimits,
-    client: tuple[str, int] | None,
-    server: tuple[str, int] | None,
+    *,
+    peers: tuple[tuple[str, int] | None, tuple[str, int] | None],
     scheme: str,
 ) -> dict[str, Any]:
     """No header is kept: none of them has been vouched for, and no request hook will run."""
@@ -37,6 +37,7 @@ def refused_scope(
             path = httptools.parse_url(url).path.decode("latin-1")
         except httptools.HttpParserInvalidURLError:
             path = ""
+    client, server = peers
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
