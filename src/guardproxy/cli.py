@@ -132,7 +132,7 @@ def effective_config_yaml(settings: Settings) -> str:
     return yaml.safe_dump(values, sort_keys=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command and error
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"guardproxy {__version__}")

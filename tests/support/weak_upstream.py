@@ -101,7 +101,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         # "Who am I": the address a naive app believes, from the first X-Forwarded-For entry.
         "client": headers.get("x-forwarded-for", scope["client"][0]).split(",")[0].strip(),
         "request_headers": headers,
-        "items": [{"id": index, "name": f"item {index}", "description": "a compressible API value"} for index in range(30)],
+        "items": [
+            {"id": index, "name": f"item {index}", "description": "a compressible API value"} for index in range(30)
+        ],
     }
     await _send(send, 200, [*common, (b"content-type", b"application/json")], orjson.dumps(payload))
 

@@ -52,7 +52,7 @@ def _headers(values: list[str]) -> list[tuple[str, str]]:
     for value in values:
         name, sep, field_value = value.partition(":")
         name = name.strip()
-        if not sep or not name or any(char in name for char in " \t\r\n()<>@,;:\\\"/[]?={}"):
+        if not sep or not name or any(char in name for char in ' \t\r\n()<>@,;:\\"/[]?={}'):
             raise ValueError(f"--header {value!r}: expected NAME:VALUE")
         if "\r" in field_value or "\n" in field_value:
             raise ValueError(f"--header {value!r}: a value may not contain a line break")

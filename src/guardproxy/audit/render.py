@@ -20,7 +20,7 @@ def fix_text(check: Check) -> str:
 
 
 def _item(check: Check) -> str:
-    return str(check.item) if check.item is not None else "–"
+    return str(check.item) if check.item is not None else "-"
 
 
 def _summary(report: Report) -> str:
@@ -92,7 +92,10 @@ def render_text(reports: Sequence[Report]) -> str:
     )
     lines += [head.rstrip(), "-" * len(head.rstrip())]
     for check, rows in _aligned(reports):
-        statuses = "  ".join(f"{_status_word(row).upper() if row and row.status is Status.FAIL else _status_word(row):<{status_width}}" for row in rows)
+        statuses = "  ".join(
+            f"{_status_word(row).upper() if row and row.status is Status.FAIL else _status_word(row):<{status_width}}"
+            for row in rows
+        )
         lines.append(f"{_item(check):>3}  {check.title:<{title_width}}  {statuses}".rstrip())
         for index, row in enumerate(rows):
             if row is not None:
@@ -134,9 +137,8 @@ def render_markdown(reports: Sequence[Report]) -> str:
         return "\n".join(lines) + "\n"
     lines += ["### guardproxy audit, side by side", "", "| | URL | grade | score | checks |", "|---|---|---|---|---|"]
     for index, report in enumerate(reports):
-        lines.append(
-            f"| {chr(65 + index)} | `{report.url}` | **{report.grade}** | {report.score}/100 | {_cell(_summary(report))} |"
-        )
+        summary = _cell(_summary(report))
+        lines.append(f"| {chr(65 + index)} | `{report.url}` | **{report.grade}** | {report.score}/100 | {summary} |")
     columns = " | ".join(chr(65 + index) for index in range(len(reports)))
     lines += ["", f"| # | check | {columns} | guardproxy fix |", "|---|---|" + "---|" * len(reports) + "---|"]
     for check, rows in _aligned(reports):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -211,11 +211,7 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, httpx.ConnectTimeout):
         return f"no connection within {timeout:g} s"
     if isinstance(exc, httpx.ConnectError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc):
-            return f"TLS failed: {exc}"
-        text = str(exc).lower()
-        return "connection refused" if "refused" in text or "errno 111" in text else f"cannot connect: {exc}"
+        return _connect_failure(exc)
     if isinstance(exc, httpx.ReadTimeout | TimeoutError):
         return f"connected, but no answer within {timeout:g} s"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -224,3 +220,20 @@ def describe_error(exc: BaseException, timeout: float) -> str:
             return "closed the connection without an answer"
         return "answered with bytes that are not HTTP/1.x"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    causes = list(_causes(exc))
+    if any(isinstance(cause, ssl.SSLError) for cause in causes):
+        return f"TLS failed: {exc}"
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return "connection refused"
+    return f"cannot connect: {exc}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it was raised from, down the chain (httpx wraps the OS error twice)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__

@@ -15,7 +15,9 @@ async def gather(session: Session) -> Evidence:
     evidence.exchanges["foreign"] = await session.request(
         "GET", headers=[("Origin", FOREIGN_ORIGIN)], label=f"GET with Origin: {FOREIGN_ORIGIN}"
     )
-    evidence.exchanges["null"] = await session.request("GET", headers=[("Origin", "null")], label="GET with Origin: null")
+    evidence.exchanges["null"] = await session.request(
+        "GET", headers=[("Origin", "null")], label="GET with Origin: null"
+    )
     evidence.exchanges["preflight"] = await session.request(
         "OPTIONS",
         headers=[

@@ -23,7 +23,9 @@ LEAKS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a .NET stack trace", re.compile(r"at [\w.]+\(.*\) in .+:line \d+")),
     (
         "a source file path",
-        re.compile(r"(?:/(?:usr|home|srv|var|opt|app|src|root)/|[A-Za-z]:\\)[\w./\\-]+\.(?:py|rb|php|js|ts|java|go|cs)\b"),
+        re.compile(
+            r"(?:/(?:usr|home|srv|var|opt|app|src|root)/|[A-Za-z]:\\)[\w./\\-]+\.(?:py|rb|php|js|ts|java|go|cs)\b"
+        ),
     ),
     (
         "an internal address",

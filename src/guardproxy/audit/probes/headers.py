@@ -40,7 +40,9 @@ def judge_security_headers(response: Exchange) -> Finding:
             missing.append(name)
         elif value.strip().lower() != reference.lower():
             weak.append(f"{name}: {quote(value, 40)}")
-    framing = response.header("x-frame-options") or "frame-ancestors" in (response.header("content-security-policy") or "")
+    framing = response.header("x-frame-options") or "frame-ancestors" in (
+        response.header("content-security-policy") or ""
+    )
     sniffing = (response.header("x-content-type-options") or "").strip().lower() == "nosniff"
     if not missing and not weak:
         return Finding("headers.security", Status.PASS, "all of the api preset: " + ", ".join(API_PRESET))
@@ -112,7 +114,12 @@ def judge_response(evidence: Evidence) -> list[Finding]:
             Finding(check, Status.NOT_OBSERVABLE, reason)
             for check in ("headers.security", "headers.banners", "https.redirect", "https.hsts")
         ]
-    return [judge_security_headers(response), judge_banners(response), judge_https_redirect(evidence), judge_hsts(evidence)]
+    return [
+        judge_security_headers(response),
+        judge_banners(response),
+        judge_https_redirect(evidence),
+        judge_hsts(evidence),
+    ]
 
 
 RESPONSE = Probe(
@@ -166,9 +173,7 @@ async def gather_cache(session: Session) -> Evidence:
     evidence = Evidence(session.target)
     own = any(name.lower() == "authorization" for name, _ in session.extra_headers)
     headers = [] if own else [("Authorization", "Bearer audit-probe-not-a-real-token")]
-    evidence.exchanges["authenticated"] = await session.request(
-        "GET", headers=headers, label="GET with Authorization"
-    )
+    evidence.exchanges["authenticated"] = await session.request("GET", headers=headers, label="GET with Authorization")
     return evidence
 
 

@@ -102,9 +102,7 @@ async def gather_body_limit(session: Session) -> Evidence:
             await writer.drain()
         except (ConnectionError, OSError):
             pass  # refused and closed while we were sending: the answer, if any, is what counts
-        evidence.exchanges["oversized"] = await read_response(
-            reader, label, timeout=bounds.body_wait, started=started
-        )
+        evidence.exchanges["oversized"] = await read_response(reader, label, timeout=bounds.body_wait, started=started)
     finally:
         await close(writer)
     evidence.figures["declared"] = bounds.declared_body
@@ -147,7 +145,7 @@ async def gather_head_limits(session: Session) -> Evidence:
 
 def judge_head_limits(evidence: Evidence) -> list[Finding]:
     uri, header = evidence.get("uri"), evidence.get("header")
-    results = []
+    results: list[tuple[bool | None, str]] = []
     for name, response in (("URI", uri), ("header", header)):
         size = (URI_PROBE_BYTES if name == "URI" else HEADER_PROBE_BYTES) // 1024
         if response.status in _SIZE_REFUSALS:
