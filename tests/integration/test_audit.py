@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,14 +48,22 @@ FIXED_BY_SETTINGS = {
 }
 # guardproxy passes the upstream's own error bodies through, and forwards TRACE: still failing.
 NOT_FIXED = {"errors.not_found.format", "errors.not_found.leaks", "errors.server_error.leaks", "methods.trace"}
-FIXING_FLAGS = ("--cors-origin", "https://app.example.test", "--allowed-host", "127.0.0.1", "--rate-limit", "100/minute")
+FIXING_FLAGS = (
+    *("--cors-origin", "https://app.example.test"),
+    *("--allowed-host", "127.0.0.1"),
+    *("--rate-limit", "100/minute"),
+)
 FIXING_ENV = {"GUARDPROXY_SECURITY_HEADERS__SET": '{"Cache-Control": "no-store"}'}
 
 
 def audit_cli(*args: str, timeout: float = 60) -> tuple[int, str, str, float]:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "guardproxy", "audit", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "guardproxy", "audit", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return result.returncode, result.stdout, result.stderr, time.monotonic() - started
 
@@ -89,7 +96,8 @@ def reports(weak: UpstreamProcess, proxies: dict[str, Guardproxy]) -> dict[str, 
     """One real audit (the CLI, JSON) of each target, run side by side to keep the wall time low."""
     targets = {"weak": weak.url + "/", "defaults": proxies["defaults"].url + "/", "fixed": proxies["fixed"].url + "/"}
     with ThreadPoolExecutor(len(targets)) as pool:
-        runs = dict(zip(targets, pool.map(lambda url: audit_cli(url, "--format", "json"), targets.values()), strict=True))
+        outcomes = pool.map(lambda url: audit_cli(url, "--format", "json"), targets.values())
+        runs = dict(zip(targets, outcomes, strict=True))
     results: dict[str, Any] = {}
     for name, (code, out, err, seconds) in runs.items():
         assert code == 0, err
@@ -156,7 +164,8 @@ def test_compare_renders_both_side_by_side_in_markdown(weak: UpstreamProcess, pr
     assert f"| A | `{weak.url}/` | **F** |" in out
     assert f"| B | `{proxies['defaults'].url}/` |" in out
     row = next(line for line in out.splitlines() if "security headers" in line)
-    assert row.count("**fail**") == 1 and "pass: all of the api preset" in row
+    assert row.count("**fail**") == 1
+    assert "pass: all of the api preset" in row
 
 
 def test_extra_headers_reach_every_probe(weak: UpstreamProcess) -> None:
@@ -191,7 +200,8 @@ def test_the_https_redirect_listener_passes_the_redirect_check(
         log_dir=directory,
     )
     try:
-        code, out, err, _ = audit_cli(f"http://127.0.0.1:{redirect_port}/", "--format", "json", "--slow-head-seconds", "1")
+        plain = f"http://127.0.0.1:{redirect_port}/"
+        code, out, err, _ = audit_cli(plain, "--format", "json", "--slow-head-seconds", "1")
         assert code == 0, err
         assert statuses(json.loads(out))["https.redirect"] == "pass"
         code, out, err, _ = audit_cli(
@@ -271,5 +281,3 @@ async def test_a_target_that_stalls_after_answering_once_ends_at_the_deadline() 
 async def test_run_audit_raises_for_an_unreachable_target() -> None:
     with pytest.raises(AuditError, match="connection refused"):
         await run_audit(f"http://127.0.0.1:{free_port()}/")
-
-
