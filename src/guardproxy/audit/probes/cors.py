@@ -52,7 +52,8 @@ def judge_origin(check: str, response: Exchange, origin: str) -> Finding:
     if grant is None:
         return Finding(check, Status.PASS, f"{response.status}, no grant for Origin: {origin}")
     allowed = (response.header("access-control-allow-origin") or "").strip()
-    if allowed == "*" and "credentials" not in grant:
+    credentials = (response.header("access-control-allow-credentials") or "").strip().lower() == "true"
+    if allowed == "*" and not credentials:
         # Public data readable from any page: right for an open API, wrong for anything else.
         return Finding(check, Status.WARN, grant)
     if allowed != "*" and "origin" not in response.tokens("vary"):

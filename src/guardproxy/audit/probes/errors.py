@@ -59,24 +59,25 @@ async def gather(session: Session) -> Evidence:
     return evidence
 
 
-def is_problem(response: Exchange) -> bool:
-    if response.media_type != "application/problem+json":
-        return False
+def json_body(response: Exchange) -> object | None:
     try:
-        body = orjson.loads(response.body)
+        return orjson.loads(response.body) if response.media_type.endswith("json") else None
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(body, dict) and "title" in body and "status" in body
+        return None
 
 
 def judge_format(check: str, response: Exchange) -> Finding:
     if not response.answered:
         return Finding(check, Status.NOT_OBSERVABLE, response.outcome())
     media = response.media_type or "no Content-Type"
-    if is_problem(response):
+    body = json_body(response)
+    # RFC 9457 §3: a problem object; `title` and `status` are what clients rely on.
+    if media == "application/problem+json" and isinstance(body, dict) and "title" in body and "status" in body:
         return Finding(check, Status.PASS, f"{response.status} application/problem+json")
-    if media.endswith("json"):
+    if body is not None:
         return Finding(check, Status.WARN, f"{response.status} {media}, not a problem")
+    if media.endswith("json"):
+        return Finding(check, Status.FAIL, f"{response.status} {media} that is not JSON")
     return Finding(check, Status.FAIL, f"{response.status} {media}")
 
 
