@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from guardproxy import cli
 from guardproxy.audit.command import _headers
 from guardproxy.audit.session import RequestBudget, Session, Target, describe_error
 from guardproxy.audit.wire import read_response
@@ -73,6 +74,12 @@ async def test_raw_heads_carry_the_operator_headers() -> None:
         )
 
 
+async def test_a_host_given_with_header_replaces_the_urls() -> None:
+    async with Session(Target.parse("http://127.0.0.1:9/"), headers=[("host", "api.example.test")]) as session:
+        assert session.head("GET") == b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+        assert session.extra_headers == []
+
+
 def _reader(*chunks: bytes, eof: bool = True) -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
     for chunk in chunks:
@@ -134,3 +141,19 @@ def test_header_arguments() -> None:
     for bad in ("no colon", ": empty name", "Bad Name: x", "X-A: one\r\nX-B: two"):
         with pytest.raises(ValueError, match="--header"):
             _headers([bad])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--method", "GET /x"],
+        ["--header", "no colon"],
+        ["--timeout", "0"],
+        ["--burst", "0"],
+    ],
+)
+def test_bad_arguments_exit_2_before_any_request(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["audit", "http://127.0.0.1:9/", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("guardproxy audit: ")

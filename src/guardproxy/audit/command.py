@@ -8,12 +8,14 @@ time: the CLI builds this parser for every command, the audit machinery loads on
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
 EXIT_BELOW_GRADE = 1
 EXIT_CANNOT_AUDIT = 2
 GRADE_CHOICES = ("A+", "A", "B", "C", "D", "F")
+_METHOD = re.compile(r"[A-Z]{1,32}")
 
 
 def add_parser(commands: Any) -> None:
@@ -71,6 +73,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         headers = _headers(args.header)
+        methods = [method.upper() for method in args.method]
+        if not all(_METHOD.fullmatch(method) for method in methods):
+            raise ValueError(f"--method {args.method!r}: not an HTTP method")
         if args.timeout <= 0 or args.burst < 1 or args.slow_head_seconds <= 0:
             raise ValueError("--timeout, --burst and --slow-head-seconds must be positive")
     except ValueError as exc:
@@ -78,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_AUDIT
     options = AuditOptions(
         headers=headers,
-        methods=[method.upper() for method in args.method],
+        methods=methods,
         timeout=args.timeout,
         verify_tls=not args.insecure,
         bounds=Bounds(burst=args.burst, slow_head_seconds=args.slow_head_seconds),

@@ -108,7 +108,9 @@ class Session:
     ) -> None:
         self.target = target
         self.bounds = bounds or Bounds()
-        self.extra_headers = list(headers)
+        # A Host given with --header (auditing an address for a virtual host) replaces the URL's.
+        self.authority = next((value for name, value in headers if name.lower() == "host"), target.authority)
+        self.extra_headers = [(name, value) for name, value in headers if name.lower() != "host"]
         self.methods = SAFE_METHODS | {method.upper() for method in methods}
         self.budget = RequestBudget(max_requests, rate)
         self.timeout = timeout
@@ -159,6 +161,8 @@ class Session:
             return Exchange(label, error="request budget spent")
         names = {name.lower() for name, _ in headers}
         fields = [(k, v) for k, v in self.extra_headers if k.lower() not in names]
+        if "host" not in names and self.authority != self.target.authority:
+            fields.append(("Host", self.authority))
         if "accept-encoding" not in names:
             fields.append(("Accept-Encoding", "identity"))  # bodies as sent, for the body checks
         fields += list(headers)
@@ -200,7 +204,7 @@ class Session:
         host: str | None = None,
     ) -> bytes:
         """A request head in raw bytes, with the operator's --header fields."""
-        lines = [f"{method} {target or self.target.target} HTTP/1.1", f"Host: {host or self.target.authority}"]
+        lines = [f"{method} {target or self.target.target} HTTP/1.1", f"Host: {host or self.authority}"]
         lines += [f"{name}: {value}" for name, value in self.extra_headers]
         lines += [f"{name}: {value}" for name, value in headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
