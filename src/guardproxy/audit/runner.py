@@ -44,7 +44,7 @@ async def run_audit(url: str, options: AuditOptions | None = None) -> Report:
     except ValueError as exc:
         raise AuditError(str(exc)) from None
     started = time.monotonic()
-    deadline = started + options.deadline
+    deadline = asyncio.get_running_loop().time() + options.deadline
     async with Session(
         target,
         headers=options.headers,
@@ -78,15 +78,12 @@ async def run_audit(url: str, options: AuditOptions | None = None) -> Report:
 
 
 async def _bounded(probe: Probe, session: Session, deadline: float) -> list[Finding]:
+    """The probe's findings, or "not observable" for its checks if it is still running at
+    `deadline` (on the event loop's clock)."""
     try:
-        async with asyncio.timeout_at(_loop_time(deadline)):
+        async with asyncio.timeout_at(deadline):
             evidence = await probe.gather(session)
     except TimeoutError:
         reason = f"the {probe.name} probe did not finish within the audit's deadline"
         return [Finding(check, Status.NOT_OBSERVABLE, reason) for check in probe.checks]
     return probe.judge(evidence)
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    """asyncio's clock is the monotonic clock on every platform we run on, but say so once."""
-    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
