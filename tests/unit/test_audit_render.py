@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import orjson
 
+from guardproxy.audit import command
 from guardproxy.audit.checks import Finding, Status
-from guardproxy.audit.render import NO_FIX, render
+from guardproxy.audit.render import FORMATS, NO_FIX, render
 from guardproxy.audit.report import Report
 
 DIRECT = Report.build(
@@ -83,3 +86,10 @@ def test_text_shows_evidence_and_the_fix_for_what_is_not_passing() -> None:
     single = render([PROXIED], "text")
     banners = next(index for index, line in enumerate(single.splitlines()) if "banners" in line)
     assert "fix:" not in single.splitlines()[banners + 2]  # a pass needs no fix
+
+
+def test_the_cli_offers_every_format() -> None:
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    for fmt in FORMATS:
+        assert parser.parse_args(["audit", "http://x/", "--format", fmt]).format == fmt

@@ -37,6 +37,7 @@ def add_parser(commands: Any) -> None:
         metavar="METHOD",
         help="also allow this method (e.g. POST for the body-limit probe); GET/HEAD/OPTIONS/TRACE only otherwise",
     )
+    # The same names as render.FORMATS, spelled out so building the parser loads no renderer.
     command.add_argument("--format", choices=("text", "json", "markdown"), default="text", help="report format [text]")
     command.add_argument(
         "--fail-under", choices=GRADE_CHOICES, metavar="GRADE", help="exit 1 when a grade is below this (A+ A B C D F)"

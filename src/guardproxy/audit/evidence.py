@@ -39,9 +39,6 @@ class Exchange:
         values = self.values(name)
         return ", ".join(values) if values else None
 
-    def has(self, name: str) -> bool:
-        return any(key == name.lower() for key, _ in self.headers)
-
     def tokens(self, name: str) -> set[str]:
         """A list-valued field (Vary, Cache-Control, Connection) as lower-case tokens."""
         value = self.header(name) or ""

@@ -11,7 +11,7 @@ import orjson
 from guardproxy.audit.checks import CHECKS, Check, Status
 from guardproxy.audit.report import Report, Row
 
-FORMATS = ("text", "json", "markdown")
+FORMATS = ("text", "json", "markdown")  # what --format offers
 NO_FIX = "none in guardproxy: the API must change"
 
 
