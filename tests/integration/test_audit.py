@@ -36,6 +36,7 @@ FIXED_BY_DEFAULTS = {
     "limits.head",
     "slow_head",
     "compression",
+    "paths.traversal",
 }
 # These need a setting: the fix column names it, and the fixed proxy below sets it.
 FIXED_BY_SETTINGS = {

@@ -4,12 +4,14 @@ purpose. Run: python tests/support/weak_upstream.py PORT
 It reflects any Origin (even `null`) with credentials and answers every preflight, echoes TRACE,
 sends Server/X-Powered-By banners and HSTS over plain HTTP, has no request ID, renders 404s and
 500s as text/html with a traceback, a source path and an internal address, has no rate limit and
-no body limit (it reads whatever is declared), builds links and redirects from the Host header,
-sets no Cache-Control, echoes X-Forwarded-For as the client address, and never compresses.
+no body limit (it reads whatever is declared), resolves encoded dot-segments, builds links and
+redirects from the Host header, sets no Cache-Control, echoes X-Forwarded-For as the client
+address, and never compresses.
 """
 
 from __future__ import annotations
 
+import posixpath
 import sys
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -84,6 +86,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     try:
         # Strict decoding, unguarded: undecodable percent-escapes end in an unhandled exception.
         path = unquote_to_bytes(scope["raw_path"].decode("latin-1")).decode("utf-8")
+        # Dot-segments resolved after decoding, as naive file and route lookups do.
+        path = posixpath.normpath(path) if path != "/" else path
     except UnicodeDecodeError:
         body = TRACEBACK.format(title="500 Internal Server Error", path="?").encode()
         await _send(send, 500, [*common, (b"content-type", b"text/html")], body)

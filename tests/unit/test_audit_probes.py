@@ -295,6 +295,19 @@ def test_no_5xx_provoked_is_not_observable() -> None:
     assert only(errors.judge(crashed), "errors.server_error.leaks").status is Status.FAIL
 
 
+@pytest.mark.parametrize(
+    ("response", "status"),
+    [
+        (answer(400), Status.PASS),
+        (answer(200), Status.FAIL),
+        (answer(404), Status.WARN),
+        (TIMED_OUT, Status.NOT_OBSERVABLE),
+    ],
+)
+def test_traversal_verdicts(response: Exchange, status: Status) -> None:
+    assert errors.judge_traversal(evidence(traversal=response))[0].status is status
+
+
 def test_trace_verdicts() -> None:
     def judged(response: Exchange) -> Status:
         recorded = evidence(trace=response)

@@ -185,6 +185,13 @@ CHECKS: tuple[Check, ...] = (
         Fix(settings=("security_headers.set",), note='e.g. {"Cache-Control": "no-store"}'),
     ),
     Check(
+        "paths.traversal",
+        46,
+        "encoded dot-segments refused, never resolved",
+        2,
+        Fix(settings=("paths.refuse_traversal",), note="on by default"),
+    ),
+    Check(
         "methods.trace",
         None,
         "TRACE is refused (cross-site tracing)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from guardproxy.audit.probes.base import Evidence, Probe
 from guardproxy.audit.probes.cors import CORS
-from guardproxy.audit.probes.errors import ERRORS, TRACE
+from guardproxy.audit.probes.errors import ERRORS, TRACE, TRAVERSAL
 from guardproxy.audit.probes.headers import CACHE, COMPRESSION, RESPONSE
 from guardproxy.audit.probes.identity import CLIENT_IP, HOST, REQUEST_ID
 from guardproxy.audit.probes.limits import BODY_LIMIT, HEAD_LIMITS, RATE_LIMIT, SLOW_HEAD
@@ -15,6 +15,7 @@ QUICK: tuple[Probe, ...] = (
     CORS,
     REQUEST_ID,
     ERRORS,
+    TRAVERSAL,
     TRACE,
     HOST,
     CLIENT_IP,

@@ -1,6 +1,7 @@
 """Error responses (checklist items 10-12): a 404, a request the application chokes on, and a
 malformed request. Are they RFC 9457 problems, do they carry the request ID, do they leak stack
-traces, file paths or internal addresses? And TRACE, the method that echoes a request back."""
+traces, file paths or internal addresses? Also: an encoded dot-segment (46), and TRACE, the
+method that echoes a request back."""
 
 from __future__ import annotations
 
@@ -139,6 +140,32 @@ ERRORS = Probe(
     gather,
     judge,
 )
+
+
+async def gather_traversal(session: Session) -> Evidence:
+    evidence = Evidence(session.target)
+    # RFC 3986 §2.3/§6.2.2.2: a server that decodes %2e before removing dot-segments resolves
+    # this to the audited path itself; one that checks paths first refuses it.
+    base = session.target.target.split("?", 1)[0].rstrip("/")
+    target = f"{base}/{marker()}/%2e%2e/"
+    evidence.exchanges["traversal"] = await session.request("GET", target, label=f"GET {target}")
+    return evidence
+
+
+def judge_traversal(evidence: Evidence) -> list[Finding]:
+    response = evidence.get("traversal")
+    if not response.answered:
+        return [Finding("paths.traversal", Status.NOT_OBSERVABLE, response.outcome())]
+    status = response.status or 0
+    if status == 400:
+        return [Finding("paths.traversal", Status.PASS, "refused: 400")]
+    if status < 400:
+        detail = f"{status}: the encoded dot-segment was resolved (a path that does not exist was served)"
+        return [Finding("paths.traversal", Status.FAIL, detail)]
+    return [Finding("paths.traversal", Status.WARN, f"{status}: not refused, the application decided")]
+
+
+TRAVERSAL = Probe("path traversal", ("paths.traversal",), gather_traversal, judge_traversal)
 
 
 async def gather_trace(session: Session) -> Evidence:
