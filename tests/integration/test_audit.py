@@ -18,7 +18,7 @@ import pytest
 from guardproxy.audit.checks import CHECKS, Status
 from guardproxy.audit.runner import AuditError, AuditOptions, run_audit
 from guardproxy.audit.session import Bounds
-from tests.support.audit_targets import black_hole, garbage_server, start_weak_upstream
+from tests.support.audit_targets import black_hole, garbage_server, stalls_after_one_answer, start_weak_upstream
 from tests.support.processes import Guardproxy, UpstreamProcess, free_port, start_guardproxy
 from tests.support.tls import write_certificate
 
@@ -245,6 +245,18 @@ def test_not_a_url_is_a_clear_error() -> None:
     code, _, err, _ = audit_cli("ftp://127.0.0.1/")
     assert code == 2
     assert "not an http:// or https:// URL" in err
+
+
+def test_the_whole_audit_ends_within_30_s_when_the_target_stalls_half_way() -> None:
+    """The default bounds, end to end: past the first answer every probe meets silence, and the
+    CLI still prints a report (the stalled checks not observable) before 30 s have passed."""
+    with stalls_after_one_answer() as port:
+        code, out, err, seconds = audit_cli(f"http://127.0.0.1:{port}/", "--format", "json")
+    assert code == 0, err
+    assert seconds < 30
+    rows = json.loads(out)["rows"]
+    assert {row["status"] for row in rows} <= {"not observable", "fail", "warn"}
+    assert sum(row["status"] == "not observable" for row in rows) >= len(rows) // 2
 
 
 async def test_a_target_that_stalls_after_answering_once_ends_at_the_deadline() -> None:

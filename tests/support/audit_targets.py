@@ -1,5 +1,6 @@
 """Targets for the audit tests: the weak upstream as a real process, and loopback servers that
-cannot be audited at all (a black hole that never answers, one that speaks random bytes)."""
+cannot be audited at all (a black hole that never answers, one that speaks random bytes) or that
+stall half-way (answer once, then hold every later connection open without a word)."""
 
 from __future__ import annotations
 
@@ -61,4 +62,43 @@ def garbage_server() -> Iterator[int]:
     finally:
         stop.set()
         thread.join(timeout=2)
+        sock.close()
+
+
+@contextlib.contextmanager
+def stalls_after_one_answer() -> Iterator[int]:
+    """A port that answers the first request with a 200, then accepts every later connection and
+    never says anything: an audit gets past its first request and then meets only silence."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    sock.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        answered = False
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            if answered:
+                held.append(conn)  # kept open, never read, never answered
+                continue
+            answered = True
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(2)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in held:
+            conn.close()
         sock.close()

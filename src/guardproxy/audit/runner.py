@@ -30,7 +30,7 @@ class AuditOptions:
     headers: Sequence[tuple[str, str]] = ()
     methods: Sequence[str] = ()
     timeout: float = 5.0  # seconds for one request (connect, and each read)
-    deadline: float = 28.0  # seconds for the whole audit of one URL
+    deadline: float = 25.0  # seconds for the whole audit of one URL (30 s with start and teardown)
     max_requests: int = 200
     rate: float = 100.0  # requests started per second, at most
     verify_tls: bool = True
