@@ -1,4 +1,4 @@
-"""The `guardproxy` command: run, check-config, version.
+"""The `guardproxy` command: run, check-config, audit, version.
 
 Every flag is also a config-file key and an environment variable; the mapping is the `FLAGS`
 table below, so `--help`, the README and the loader cannot drift apart.
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from guardproxy import __version__
+from guardproxy.audit import command as audit_command
 from guardproxy.config import (
     CONFIG_FILE_ENV,
     ENV_NESTED_DELIMITER,
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                 help=f"{flag.help}; file key {flag.setting}, env {flag.env}"
                 + (" (comma-separated)" if flag.repeatable else ""),
             )
+    audit_command.add_parser(commands)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -130,11 +132,13 @@ def effective_config_yaml(settings: Settings) -> str:
     return yaml.safe_dump(values, sort_keys=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command and error
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"guardproxy {__version__}")
         return 0
+    if args.command == "audit":
+        return audit_command.main(args)
     try:
         settings = _load(args)
     except ConfigError as exc:
