@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from guardproxy.outcomes import Outcome
 
 if TYPE_CHECKING:
-    from guardproxy.asgi import Scope
     from guardproxy.routes import RoutePolicy
 
 CONTEXT_KEY = "guardproxy.context"
@@ -62,7 +61,3 @@ class RequestContext:
     request_bytes: int = 0
     response_bytes: int = 0
     upstream_seconds: float = 0.0
-
-
-def context_of(scope: Scope) -> RequestContext | None:
-    return scope.get(CONTEXT_KEY)

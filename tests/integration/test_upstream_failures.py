@@ -99,7 +99,7 @@ def test_an_upstream_answer_that_is_not_a_response_is_a_502(start_proxy, answer:
 
     with raw_upstream(handler) as upstream:
         gp = start_proxy(upstream.url)
-        assert_problem(httpx.get(gp.url), 502, "upstream-unavailable")
+        assert_problem(httpx.get(gp.url), 502, "upstream-bad-response")
 
 
 def test_upstream_closing_before_answering_is_a_502_for_post(start_proxy) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ from guardproxy.http1.fields import (
     HOP_BY_HOP,
     REWRITTEN_REQUEST_FIELDS,
     VIA,
-    connection_named_fields,
     end_to_end,
     strip_response_headers,
 )
@@ -76,12 +75,6 @@ def test_connection_naming_absent_fields_removes_nothing_else() -> None:
 def test_request_side_also_drops_the_fields_guardproxy_rewrites() -> None:
     headers = [(name, b"client-value") for name in sorted(REWRITTEN_REQUEST_FIELDS)] + [(b"x-app", b"1")]
     assert end_to_end(headers, REQUEST_DROP) == [(b"x-app", b"1")]
-
-
-def test_connection_named_fields_collects_lowercased_tokens() -> None:
-    headers = [(b"connection", b"Keep-Alive, X-A"), (b"x-a", b"1"), (b"connection", b" x-b ")]
-    assert connection_named_fields(headers) >= {b"keep-alive", b"x-a", b"x-b"}
-    assert connection_named_fields([(b"x-a", b"1")]) == frozenset()
 
 
 def test_end_to_end_does_not_modify_its_input() -> None:

@@ -42,15 +42,6 @@ _CONNECTION_OPTIONS = HOP_BY_HOP | {b"close", b""}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
-def connection_named_fields(headers: Headers) -> frozenset[bytes]:
-    """Names listed in any `Connection` field (the caller lower-cased header names)."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(named)
-
-
 def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
     """The headers a proxy may pass on: none named in `drop` (which holds the hop-by-hop names)
     and none that a `Connection` field names."""

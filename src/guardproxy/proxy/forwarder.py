@@ -29,6 +29,7 @@ from guardproxy.outcomes import Outcome
 from guardproxy.proxy.errors import (
     PoolExhaustedError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamTimeoutError,
 )
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamTransport
@@ -182,6 +183,12 @@ class Forwarder:
         elif isinstance(exc, PoolExhaustedError):
             context.outcome = Outcome.UPSTREAM_BUSY
             problem, detail = problems.UPSTREAM_BUSY, "The upstream service is at its connection limit."
+        elif isinstance(exc, UpstreamProtocolError):
+            context.outcome = Outcome.UPSTREAM_ERROR
+            problem, detail = (
+                problems.UPSTREAM_BAD_RESPONSE,
+                "The upstream service sent a response that is not valid HTTP.",
+            )
         else:
             context.outcome = Outcome.UPSTREAM_ERROR
             problem, detail = problems.UPSTREAM_UNAVAILABLE, "The upstream service could not be reached."

@@ -87,7 +87,7 @@ async def test_response_hop_by_hop_fields_are_removed_and_set_cookie_kept_apart(
     [
         (UpstreamConnectError("connect failed: ConnectionRefusedError"), 502, "upstream-unavailable", None),
         (UpstreamClosedError("connection reset before the response was complete"), 502, "upstream-unavailable", None),
-        (UpstreamProtocolError("invalid response: bad status"), 502, "upstream-unavailable", None),
+        (UpstreamProtocolError("invalid response: bad status"), 502, "upstream-bad-response", None),
         (UpstreamTimeoutError("no progress within the upstream timeout"), 504, "upstream-timeout", None),
         (PoolExhaustedError("no upstream connection became free in time"), 503, "upstream-busy", b"1"),
     ],
