@@ -84,7 +84,7 @@ def test_malformed_request_gets_problem_and_close(
     problem = orjson.loads(parsed[0].body)
     assert problem["status"] == 400
     assert problem["type"].startswith("urn:guardproxy:problem:")
-    assert problem["request_id"] == parsed[0].header(b"x-request-id").decode()
+    assert problem["request_id"].encode() == parsed[0].header(b"x-request-id")
     # Nothing broken, and nothing smuggled behind it, reached the upstream.
     assert recording_upstream.received == []
     # The worker is unharmed.

@@ -284,11 +284,18 @@ rate_limit:
 
 
 def test_refused_floods_do_not_extend_the_lockout(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
-    gp = start_proxy(upstream.url, "--rate-limit", "2/second", env=shared_store_env())
+    # 2 per 4 s: one interval (2 s) after the first of two admitted requests, one fits again; two
+    # fit only after 4 s. Timed from the admitted ones, not from the flood, which a slow machine
+    # (or a run under coverage) may take a while to send.
+    gp = start_proxy(upstream.url, "--rate-limit", "2/4s", env=shared_store_env())
+    started = time.monotonic()
     assert statuses(f"{gp.url}/echo", 2) == [200, 200]
+    admitted = time.monotonic()
     assert set(statuses(f"{gp.url}/echo", 40)) == {429}
-    time.sleep(0.6)  # one interval (0.5 s) later, one request fits again, however hard it was refused
+    assert time.monotonic() < admitted + 2, "the flood took longer than an interval: nothing left to judge"
+    time.sleep(admitted + 2 - time.monotonic())  # however hard it was refused, one request fits again
     assert statuses(f"{gp.url}/echo", 2) == [200, 429]
+    assert time.monotonic() < started + 4, "too slow to tell one admitted request from a whole new burst"
 
 
 # --- Redis in trouble -------------------------------------------------------------------------------

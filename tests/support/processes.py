@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -89,14 +90,23 @@ class Guardproxy:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            if sig == signal.SIGKILL:
+                self.kill()
+            else:
+                self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self.kill()
                 self.process.wait()
                 raise AssertionError(f"guardproxy did not stop within {timeout}s") from None
         return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL for guardproxy and its workers: a killed supervisor cannot stop them, and
+        orphaned workers would keep serving (and taking CPU) for the rest of the run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start_guardproxy(
@@ -125,7 +135,8 @@ def start_guardproxy(
     log_file = log_path.open("wb")
     # No drain delay unless a test asks for one: most tests stop guardproxy and move on.
     env = {**os.environ, "GUARDPROXY_SERVER__DRAIN_DELAY": "0", **(env or {})}
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    # A process group of its own, so that kill() reaches the workers too.
+    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log_file.close()
     proxy = Guardproxy(port, admin_port, process, log_path, args)
 
@@ -139,7 +150,8 @@ def start_guardproxy(
         return response.status_code == 200 and port_open(proxy.port)
 
     try:
-        wait_until(up, timeout=15)
+        # Generous: spawned workers on a loaded 2-core machine, under coverage, took 10 s to start.
+        wait_until(up, timeout=30)
     except BaseException:
         proxy.stop(signal.SIGKILL)
         raise

@@ -22,9 +22,9 @@ from guardproxy.observability.access_log import _Clock
 )
 def test_timestamps_are_iso_8601_utc_with_microseconds(monkeypatch: pytest.MonkeyPatch, ns: int, expected: str) -> None:
     clock = _Clock()
-    monkeypatch.setattr(access_log.time, "time_ns", lambda: 1_795_000_000_500_000_000)
+    monkeypatch.setattr(f"{access_log.__name__}.time.time_ns", lambda: 1_795_000_000_500_000_000)
     clock.now()  # a cached prefix from an earlier second must not leak into the next one
-    monkeypatch.setattr(access_log.time, "time_ns", lambda: ns)
+    monkeypatch.setattr(f"{access_log.__name__}.time.time_ns", lambda: ns)
     assert clock.now() == expected
 
 

@@ -58,7 +58,7 @@ def test_a_stalled_consumer_costs_dropped_lines_not_a_blocked_caller() -> None:
 def test_batches_never_exceed_pipe_buf_unless_a_line_does() -> None:
     written: list[bytes] = []
     sink = LogSink(interval=0.01)
-    sink._write = written.append  # type: ignore[method-assign]  # observe the batching only
+    sink._write = written.append  # type: ignore[method-assign,assignment]  # observe the batching only
     for _ in range(100):
         sink.write(b"y" * 999 + b"\n")
     sink.write(b"z" * (select.PIPE_BUF * 2) + b"\n")
