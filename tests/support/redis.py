@@ -59,7 +59,7 @@ def free_cluster_port() -> int:
 
 def start_redis(directory: Path, *args: str, port: int | None = None) -> RedisServer:
     executable = shutil.which("redis-server")
-    assert executable, "redis-server is not installed (.ci/run installs it)"
+    assert executable, "redis-server is not installed (./scripts/test installs it)"
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(

@@ -139,7 +139,7 @@ def test_flushed_histograms_equal_observed_ones(values: list[float]) -> None:
 
 def test_requests_without_an_upstream_answer_add_no_upstream_observation(metrics: ProxyMetrics) -> None:
     guard = MetricsGuard(sources=metrics.sources())
-    complete(guard, status=403, outcome="cors_refused", upstream=0.0)
+    complete(guard, status=403, outcome=Outcome.CORS_REFUSED, upstream=0.0)
     found = samples(metrics)
     route_label = frozenset({("route", "default")})
     assert found[("guardproxy_request_duration_seconds_count", route_label)] == 1
@@ -200,7 +200,8 @@ def test_protocol_refusals_by_reason_start_at_zero_and_are_counted_as_requests_t
     complete(guard, method="-", status=400, outcome=Outcome.MALFORMED, upstream=0.0)
     complete(guard, status=413, outcome=Outcome.TOO_LARGE, upstream=0.0)  # a guard's refusal, not the server's
     found = refusals()
-    assert found == {**dict.fromkeys(PROTOCOL_OUTCOMES, 0), "head_too_large": 2, "malformed": 1}
+    expected: dict[str, float] = {**dict.fromkeys(PROTOCOL_OUTCOMES, 0), "head_too_large": 2, "malformed": 1}
+    assert found == expected
     requests = {
         dict(labels)["outcome"]: value
         for (name, labels), value in samples(metrics).items()

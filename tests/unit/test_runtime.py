@@ -53,8 +53,8 @@ async def settle() -> None:
 
 
 def live_timers() -> int:
-    loop = asyncio.get_running_loop()
-    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+    scheduled: list[asyncio.TimerHandle] = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return sum(1 for handle in scheduled if not handle.cancelled())
 
 
 def requests_counted(metrics: ProxyMetrics) -> float:

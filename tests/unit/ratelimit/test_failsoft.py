@@ -48,7 +48,9 @@ class Clock:
 
 
 def store(fallback: str = "local") -> tuple[FailSoftStore, ScriptedStore, Clock, list[str], list[bool]]:
-    shared, clock, errors, degraded = ScriptedStore(), Clock(), [], []
+    shared, clock = ScriptedStore(), Clock()
+    errors: list[str] = []
+    degraded: list[bool] = []
     failsoft = FailSoftStore(
         shared,  # type: ignore[arg-type]
         MemoryStore(max_keys=100),
@@ -132,7 +134,7 @@ async def test_only_one_request_probes_while_others_wait_on_the_fallback() -> No
         await gate.wait()
         return await original(*args)  # type: ignore[arg-type]
 
-    shared.check = slow_check  # type: ignore[method-assign]
+    shared.check = slow_check  # type: ignore[method-assign,assignment]
     probe = asyncio.create_task(check(failsoft))
     await asyncio.sleep(0)
     assert await check(failsoft) == "local"  # a second request during the probe does not wait
