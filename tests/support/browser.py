@@ -44,7 +44,7 @@ def page_server(body: str) -> Iterator[int]:
 
 def run_page(url: str, timeout: float = 60) -> str:
     """Load `url` in headless Chromium, let its scripts finish, and return the text of #out."""
-    assert CHROMIUM is not None, "chromium is not installed (.ci/run installs Debian's chromium)"
+    assert CHROMIUM is not None, "chromium is not installed (./scripts/test installs Debian's chromium)"
     with tempfile.TemporaryDirectory(prefix="guardproxy-chromium-") as profile:
         result = subprocess.run(
             [
