@@ -12,23 +12,38 @@
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS builder
+# A package index other than PyPI (a mirror, and the CA bundle that trusts it), for this stage
+# only: build arguments of the builder never reach the runtime image's layers or history.
+# Unset unless given (docker build --build-arg PIP_INDEX_URL=...).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Dependencies first, so a source change does not re-download them.
 COPY constraints.txt pyproject.toml README.md ./
 COPY src ./src
-# --only-binary: every dependency has a wheel for this interpreter; a missing one must fail the
-# build here rather than quietly need a compiler. The versions are the ones CI tested with.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt . \
-    && python -m venv /opt/guardproxy \
+# The venv's own pip does the work, so the base needs no pip of its own (a Debian base without
+# python3-pip works as well as the official image). --only-binary: every dependency has a wheel
+# for this interpreter; a missing one must fail the build here rather than quietly need a
+# compiler. The versions are the ones CI tested with.
+RUN python -m venv /opt/guardproxy \
+    && /opt/guardproxy/bin/pip wheel --no-cache-dir --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt . \
     && /opt/guardproxy/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/guardproxy-*.whl \
-    && /opt/guardproxy/bin/pip uninstall --yes pip
+    && /opt/guardproxy/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="guardproxy" \
       org.opencontainers.image.description="A hardening reverse proxy for HTTP APIs" \
       org.opencontainers.image.licenses="Apache-2.0"
+
+# The official python images ship pip, setuptools and wheel in the system interpreter: removed,
+# so nothing in the image can install packages (a base without them has nothing to remove).
+RUN if python -m pip --version >/dev/null 2>&1; then \
+        python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel; \
+    fi
 
 # A fixed UID, so Kubernetes' runAsUser and file permissions on mounted config can name it.
 RUN groupadd --system --gid 10001 guardproxy \

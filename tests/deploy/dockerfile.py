@@ -174,7 +174,8 @@ def _runtime_content_problems(runtime: Stage) -> list[str]:
         for tool in FORBIDDEN_RUNTIME_TOOLS:
             if tool in words:
                 found.append(f"line {item.line}: the runtime stage must not use or install {tool}")
-        if "pip" in words or "install" in words:
+        # Removing the base's own pip (pip uninstall) is the one use of pip the runtime may make.
+        if "install" in words or ("pip" in words and "uninstall" not in words):
             found.append(f"line {item.line}: the runtime stage must not install packages; copy them from the builder")
     for item in runtime.all("COPY") + runtime.all("ADD"):
         if item.keyword == "ADD" or "--from=" not in item.arguments:

@@ -74,6 +74,14 @@ BROKEN = {
         _replace("EXPOSE 8080 9090", "RUN pip install guardproxy\nEXPOSE 8080 9090"),
         "must not install packages",
     ),
+    "pip install after removing pip": (
+        _replace("EXPOSE 8080 9090", "RUN pip uninstall --yes pip && pip install guardproxy\nEXPOSE 8080 9090"),
+        "must not install packages",
+    ),
+    "pip used for anything but removing it": (
+        _replace("EXPOSE 8080 9090", "RUN python -m pip download guardproxy\nEXPOSE 8080 9090"),
+        "must not install packages",
+    ),
     "source copied into the runtime": (_append("COPY . /src"), "may only copy from the builder"),
     "admin port not exposed": (_replace("EXPOSE 8080 9090", "EXPOSE 8080"), "port 9090 must be EXPOSEd"),
     "admin listener on loopback": (

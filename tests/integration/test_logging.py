@@ -3,6 +3,8 @@ line per security refusal, and no secret anywhere in the output."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -110,3 +112,124 @@ def test_access_log_can_be_turned_off(start_proxy, upstream) -> None:  # type: i
     httpx.get(f"{gp.url}/echo")
     time.sleep(0.3)
     assert not [r for r in log_records(gp) if r.get("event") == "request"]
+
+
+# One format at start and stop: guardproxy's own lines and uvicorn's (through the standard
+# library) are rendered alike, and uvicorn's process lines come once per process, not once per
+# listener (a worker runs a uvicorn.Server for the proxy and one for the admin listener).
+
+PROCESS_LINES = ("Started server process", "Shutting down", "Finished server process")
+
+
+def _raw_lines(gp: Guardproxy) -> list[bytes]:
+    return [line for line in gp.log_path.read_bytes().splitlines() if line.strip()]
+
+
+def _assert_one_shape(lines: list[bytes]) -> list[dict]:  # type: ignore[type-arg]
+    """Every line compact JSON, its source first in `component`, then its fields, then event, level
+    and timestamp (and a traceback in `exception` after them, as structlog puts it in either case)."""
+    records = []
+    for line in lines:
+        record = orjson.loads(line)
+        assert orjson.dumps(record) == line, f"not compact JSON: {line!r}"
+        keys = [key for key in record if key != "exception"]
+        assert keys[0] == "component", line
+        assert keys[-3:] == ["event", "level", "timestamp"], line
+        assert "logger" not in record, line
+        records.append(record)
+    return records
+
+
+def _events_starting(records: list[dict], prefix: str) -> list[dict]:  # type: ignore[type-arg]
+    return [r for r in records if r["event"].startswith(prefix)]
+
+
+def test_start_and_stop_lines_share_one_compact_shape(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(upstream.url, env={"GUARDPROXY_SERVER__DRAIN_DELAY": "0.2"})
+    assert gp.stop() == 0
+    records = _assert_one_shape(_raw_lines(gp))
+    components = {r["component"] for r in records}
+    assert {"guardproxy.server", "uvicorn.error"} <= components, components
+    events = [r["event"] for r in records]
+    for prefix in PROCESS_LINES:
+        assert len(_events_starting(records, prefix)) == 1, (prefix, events)
+    (started,) = _events_starting(records, "Started server process")
+    assert started["event"] == f"Started server process [{gp.process.pid}]"
+    order = [next(i for i, event in enumerate(events) if event.startswith(p)) for p in PROCESS_LINES]
+    assert order == sorted(order), events
+    assert events.index("draining") < order[1], "uvicorn shuts down after guardproxy starts draining"
+
+
+def test_each_worker_logs_its_start_once(start_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(upstream.url, "--workers", "2")
+    wait_until(lambda: len(_events_starting(_assert_one_shape(_raw_lines(gp)), "Started server process")) >= 2)
+    assert gp.stop() == 0
+    records = _assert_one_shape(_raw_lines(gp))
+    started = {r["event"] for r in _events_starting(records, "Started server process")}
+    finished = {r["event"].replace("Finished", "Started") for r in _events_starting(records, "Finished server process")}
+    assert len(started) == 2, started  # two workers, two process IDs, one line each
+    assert len(_events_starting(records, "Started server process")) == 2
+    assert finished == started
+    assert len(_events_starting(records, "Shutting down")) == 2
+
+
+def _log_from_python(code: str, *, fmt: str = "json") -> list[bytes]:
+    """Lines printed by a process that configures guardproxy's logging and then runs `code`."""
+    script = (
+        "import logging\n"
+        "from guardproxy.config import LoggingSettings\n"
+        "from guardproxy.observability.logging import configure_logging\n"
+        f"configure_logging(LoggingSettings(format={fmt!r}))\n" + code
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_uvicorn_lines_are_not_dropped_beyond_the_repeats() -> None:
+    """Two listeners start, one fails before it finishes: the process' Finished line must wait for
+    both, while uvicorn's other lines (per listener, and errors) all come through."""
+    lines = _log_from_python(
+        "log = logging.getLogger('uvicorn.error')\n"
+        "for _ in range(2): log.info('Started server process [%d]', 7)\n"
+        "log.info('Shutting down'); log.info('Waiting for connections to close. (CTRL+C to force quit)')\n"
+        "log.info('Shutting down'); log.info('Waiting for connections to close. (CTRL+C to force quit)')\n"
+        "log.error('Cancel %s running task(s), timeout graceful shutdown exceeded', 3)\n"
+        "log.info('Finished server process [%d]', 7)\n"
+    )
+    events = [record["event"] for record in _assert_one_shape(lines)]
+    assert events == [
+        "Started server process [7]",
+        "Shutting down",
+        "Waiting for connections to close. (CTRL+C to force quit)",
+        "Waiting for connections to close. (CTRL+C to force quit)",
+        "Cancel 3 running task(s), timeout graceful shutdown exceeded",
+    ]
+
+
+def test_only_uvicorns_process_lines_are_collapsed() -> None:
+    """Another library saying the same words is not uvicorn: every one of its lines is kept."""
+    lines = _log_from_python(
+        "for _ in range(3): logging.getLogger('somelib').warning('Started server process [%d]', 1)\n"
+        "for _ in range(2): logging.getLogger('uvicorn.access').info('Shutting down')\n"
+    )
+    records = _assert_one_shape(lines)
+    assert [r["component"] for r in records] == ["somelib"] * 3 + ["uvicorn.access"] * 2
+    assert [r["level"] for r in records] == ["warning"] * 3 + ["info"] * 2
+
+
+def test_foreign_exceptions_and_odd_messages_stay_one_json_line() -> None:
+    lines = _log_from_python(
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    logging.getLogger('uvicorn.error').exception('boom')\n"
+        "logging.getLogger('x').info(b'raw \\xff bytes')\n"
+        "logging.getLogger('x').info('quote \" newline \\n tab \\t and \\u2603 and \\ud800')\n"
+        "logging.getLogger('x').info('%s of %d', 'wrong')\n"  # bad arguments: logging reports, no crash
+        "logging.getLogger('x').info('after the bad one')\n"
+    )
+    records = _assert_one_shape(lines)
+    assert [r["component"] for r in records] == ["uvicorn.error", "x", "x", "x"]
+    assert "ZeroDivisionError" in records[0]["exception"]
+    assert records[1]["event"] == "b'raw \\xff bytes'"
+    # The lone surrogate cannot be UTF-8: replaced, and the rest of the line kept.
+    assert records[2]["event"].startswith('quote " newline \n tab \t and \u2603 and \ufffd')
+    assert records[-1]["event"] == "after the bad one"
