@@ -22,10 +22,16 @@ from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
+from guardproxy.guards.idempotency import DECISIONS as IDEMPOTENCY_DECISIONS
+from guardproxy.guards.idempotency import RESULTS as IDEMPOTENCY_RESULTS
+from guardproxy.guards.idempotency import IdempotencyGuard, IdempotencyPolicy
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
+from guardproxy.idempotency.ledger import Ledger
+from guardproxy.idempotency.redis_store import RedisIdempotencyStore
+from guardproxy.idempotency.store import IdempotencyStore, MemoryIdempotencyStore
 from guardproxy.observability.access_log import AccessLogGuard
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricsGuard, ProxyMetrics
@@ -129,6 +135,43 @@ def rate_limit_guard(
     )
 
 
+def idempotency_guard(settings: Settings, metrics: ProxyMetrics | None) -> IdempotencyGuard | None:
+    """The Idempotency-Key guard, when some route opts in; None costs the other routes nothing."""
+    policies = {
+        route.name: IdempotencyPolicy(methods=frozenset(route.idempotency.methods), required=route.idempotency.required)
+        for route in settings.routes
+        if route.idempotency.enabled
+    }
+    if not policies:
+        return None
+    config = settings.idempotency
+    url = config.redis_url or settings.rate_limit.redis_url
+    store: IdempotencyStore = (
+        RedisIdempotencyStore.from_url(url.get_secret_value())
+        if url is not None
+        else MemoryIdempotencyStore(max_keys=config.memory_max_keys)
+    )
+    if metrics is not None:
+        metrics.declare_idempotency_routes(policies, IDEMPOTENCY_DECISIONS, IDEMPOTENCY_RESULTS)
+    return IdempotencyGuard(
+        policies=policies,
+        ledger=Ledger(
+            store,
+            timeout=config.timeout,
+            on_error=metrics.counted(metrics.idempotency_store_errors).add if metrics is not None else _ignore,
+        ),
+        key_prefix=config.key_prefix,
+        key_parts=config.key,
+        ttl=config.ttl,
+        lock_ttl=config.lock_ttl,
+        max_response_bytes=config.max_response_bytes,
+        key_max_length=config.key_max_length,
+        fail_mode=config.fail_mode,
+        count_decision=metrics.counted(metrics.idempotency_decisions).add if metrics is not None else _ignore,
+        count_result=metrics.counted(metrics.idempotency_responses).add if metrics is not None else _ignore,
+    )
+
+
 def _ignore(*_: object) -> None:
     return None
 
@@ -176,6 +219,13 @@ def build_guards(
     if rate_limit is not None:
         # Its decision waits on a store, so the chain runs it after every cheaper check above.
         guards.append(rate_limit)
+    idempotency = idempotency_guard(settings, metrics)
+    if idempotency is not None:
+        # After the rate limit: a refused request never takes a lock (nor reads its body for a
+        # fingerprint). After every guard that adds response headers, so its response hook runs
+        # first and copies the upstream's own head; before compression, so what it stores and
+        # replays is the uncompressed body, encoded afresh for each client.
+        guards.append(idempotency)
     if settings.compression.enabled:
         # Last: it sees response heads after every other guard has set its headers.
         compression = settings.compression

@@ -46,6 +46,7 @@ from guardproxy.config.guards import (
     TrustedProxySettings,
     check_cors,
 )
+from guardproxy.config.idempotency import IdempotencyRoute, IdempotencySettings
 from guardproxy.config.observability import LoggingSettings, MetricsSettings
 from guardproxy.config.rate_limit import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
 from guardproxy.config.routes import RouteSettings
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     concurrency: ConcurrencySettings = ConcurrencySettings()
     compression: CompressionSettings = CompressionSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []
@@ -122,6 +124,21 @@ class Settings(BaseSettings):
             for name in rule.routes:
                 if name not in known:
                     raise ValueError(f"rate_limit.rules[{rule.name}].routes: no route is named {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _idempotency_store(self) -> Settings:
+        shared = self.idempotency.redis_url or self.rate_limit.redis_url
+        if shared is None and self.server.workers > 1 and any(r.idempotency.enabled for r in self.routes):
+            # Each worker would keep keys of its own: a retry on another worker would run again.
+            raise ValueError("idempotency with server.workers > 1 needs idempotency.redis_url or rate_limit.redis_url")
+        for route in self.routes:
+            timeout = route.upstream.total_timeout or self.upstream.total_timeout
+            if route.idempotency.enabled and timeout is not None and timeout >= self.idempotency.lock_ttl:
+                raise ValueError(
+                    f"routes[{route.name}]: the upstream total_timeout ({timeout:g} s) must be shorter than "
+                    f"idempotency.lock_ttl ({self.idempotency.lock_ttl:g} s), or a slow request could lose its lock"
+                )
         return self
 
     @model_validator(mode="after")
@@ -230,6 +247,8 @@ __all__ = [
     "HostSettings",
     "HstsSettings",
     "HttpsRedirectSettings",
+    "IdempotencyRoute",
+    "IdempotencySettings",
     "LoggingSettings",
     "MetricsSettings",
     "PathSettings",
