@@ -15,7 +15,13 @@ ROUTE = RoutePolicy(name="pay", connect_timeout=1, read_timeout=1, total_timeout
 
 
 def scope(headers: list[tuple[bytes, bytes]] = (), **extra: Any) -> dict[str, Any]:  # type: ignore[assignment]
-    return {"method": "POST", "path": "/pay", "raw_path": b"/pay", "query_string": b"", "headers": list(headers)} | extra
+    return {
+        "method": "POST",
+        "path": "/pay",
+        "raw_path": b"/pay",
+        "query_string": b"",
+        "headers": list(headers),
+    } | extra
 
 
 @pytest.mark.parametrize(
@@ -102,8 +108,10 @@ def test_a_header_identity_falls_back_to_the_address_when_missing() -> None:
 def test_the_store_key_separates_method_path_and_key_and_hides_them() -> None:
     who = b"ip=203.0.113.7"
     base = store_key("gp:idem:", who, "POST", "/pay", b"k")
-    assert base.startswith("gp:idem:{") and base.endswith("}")
-    assert "203.0.113.7" not in base and "/pay" not in base
+    assert base.startswith("gp:idem:{")
+    assert base.endswith("}")
+    assert "203.0.113.7" not in base
+    assert "/pay" not in base
     others = [
         store_key("gp:idem:", who, "PATCH", "/pay", b"k"),
         store_key("gp:idem:", who, "POST", "/pay/2", b"k"),
@@ -111,7 +119,8 @@ def test_the_store_key_separates_method_path_and_key_and_hides_them() -> None:
         # The separator cannot be forged by moving bytes between parts.
         store_key("gp:idem:", who, "POST", "/pay\0k", b""),
     ]
-    assert base not in others and len(set(others)) == len(others)
+    assert base not in others
+    assert len(set(others)) == len(others)
 
 
 def test_the_fingerprint_covers_method_raw_target_query_and_body() -> None:

@@ -29,7 +29,8 @@ def test_a_stored_response_round_trips_byte_for_byte() -> None:
 
 def test_locks_are_unique_and_carry_the_fingerprint() -> None:
     first, second = new_lock(FP), new_lock(FP)
-    assert first != second and first[1:17] == FP == second[1:17]
+    assert first != second
+    assert first[1:17] == FP == second[1:17]
     with pytest.raises(ValueError, match="16 bytes"):
         new_lock(b"short")
 
@@ -44,7 +45,14 @@ def test_what_a_request_meets() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [b"", b"X" + FP, b"L" + b"short", b"D" + FP, b"D" + FP + b"\x00\xc8\x00\x00\x00\xff{}", b"D" + FP + b"\x00\x01\x00\x00\x00\x00"],
+    [
+        b"",
+        b"X" + FP,
+        b"L" + b"short",
+        b"D" + FP,
+        b"D" + FP + b"\x00\xc8\x00\x00\x00\xff{}",
+        b"D" + FP + b"\x00\x01\x00\x00\x00\x00",
+    ],
 )
 def test_a_value_this_code_did_not_write_is_corrupt_not_a_crash(value: bytes) -> None:
     with pytest.raises(CorruptEntryError):

@@ -49,7 +49,8 @@ async def test_the_first_takes_the_lock_and_the_others_see_it(store: tuple[Idemp
     found = await backend.acquire(key, b"L-second", 5000)
     assert found is not None
     value, left = found
-    assert value == b"L-first" and 0 < left <= 5000
+    assert value == b"L-first"
+    assert 0 < left <= 5000
 
 
 async def test_only_the_lock_holder_completes_or_releases(store: tuple[IdempotencyStore, str]) -> None:
@@ -63,7 +64,9 @@ async def test_only_the_lock_holder_completes_or_releases(store: tuple[Idempoten
     assert not await backend.release(key, b"L-mine")
     assert not await backend.complete(key, b"L-mine", b"D-other", 10_000)
     found = await backend.acquire(key, b"L-next", 5000)
-    assert found is not None and found[0] == b"D-record" and 5000 < found[1] <= 10_000
+    assert found is not None
+    assert found[0] == b"D-record"
+    assert 5000 < found[1] <= 10_000
 
 
 async def test_a_released_key_is_free_again(store: tuple[IdempotencyStore, str]) -> None:
