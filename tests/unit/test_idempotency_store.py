@@ -206,3 +206,13 @@ async def test_a_redis_that_is_not_there_is_unavailable_within_the_budget() -> N
         assert errors == ["connection"]
     finally:
         await backend.aclose()
+
+
+def test_calls_are_packed_as_redis_py_packs_its_evalsha() -> None:
+    from redis.asyncio.connection import Connection  # noqa: PLC0415
+
+    from guardproxy.idempotency.redis_store import _SHA_HEADS, _SHAS, COMPLETE, _pack  # noqa: PLC0415
+
+    args: tuple[bytes | int, ...] = (b"L\x00\xff-lock", b"D\r\n-record", 86_400_000)
+    expected = b"".join(Connection().pack_command("EVALSHA", _SHAS[COMPLETE], 1, "gp:{é}", *args))
+    assert _pack(_SHA_HEADS[COMPLETE], "gp:{é}", args) == expected

@@ -322,7 +322,6 @@ class _Exchange:
             assert stored is not None
             context.outcome = "idempotent_replay"
             guard.count_decision(route, "replayed")
-            log.info("idempotent replay", request_id=context.request_id, route=route, status=stored.status)
             return Answer(stored.status, replay_headers(stored.headers, len(stored.body)), stored.body)
         if verdict is Verdict.CONFLICT:
             assert found is not None

@@ -7,15 +7,22 @@ token), so a holder whose lock has expired cannot overwrite what a later request
 entry expires on its own (locks after lock_ttl, responses after ttl): a worker that dies
 mid-request leaves nothing that lives for ever.
 
-Scripts are called by SHA and loaded again when Redis answers NOSCRIPT (after a restart).
+Scripts are called by SHA and loaded again when Redis answers NOSCRIPT (after a restart). On
+one server (or a Sentinel-managed primary) the EVALSHA is packed here and sent on a pooled
+connection, as the rate limiter's store does: redis-py's generic command path cost ~60 µs of
+CPU per call here, and a keyed request makes two calls (bench/idempotency_cost.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guardproxy.ratelimit.redis_store import RedisClient, connect
 
@@ -46,6 +53,19 @@ end
 return 0
 """
 _SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (ACQUIRE, COMPLETE, RELEASE)}  # noqa: S324 - Redis names scripts by SHA-1
+# EVALSHA <sha> 1, in RESP, after the array length: the same for every call of a script.
+_SHA_HEADS = {script: b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % sha.encode() for script, sha in _SHAS.items()}
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _pack(head: bytes, key: str, args: tuple[bytes | int, ...]) -> bytes:
+    """EVALSHA in RESP, byte for byte what redis-py packs (tests/unit/test_idempotency_store.py)."""
+    parts = [b"*%d\r\n" % (4 + len(args)), head, _bulk(key.encode())]
+    parts += [_bulk(arg if isinstance(arg, bytes) else b"%d" % arg) for arg in args]
+    return b"".join(parts)
 
 
 class RedisIdempotencyStore:
@@ -53,6 +73,7 @@ class RedisIdempotencyStore:
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
+        self._direct = isinstance(client, Redis)
 
     @classmethod
     def from_url(cls, url: str) -> RedisIdempotencyStore:
@@ -72,10 +93,30 @@ class RedisIdempotencyStore:
 
     async def _run(self, script: str, key: str, *args: bytes | int) -> Any:
         try:
-            return await self._client.evalsha(_SHAS[script], 1, key, *args)
+            return await self._call(script, key, args)
         except NoScriptError:
             await self._client.script_load(script)
-            return await self._client.evalsha(_SHAS[script], 1, key, *args)
+            return await self._call(script, key, args)
+
+    def _call(self, script: str, key: str, args: tuple[bytes | int, ...]) -> Any:
+        if not self._direct:
+            # Redis Cluster: redis-py routes the call to the key's node.
+            return self._client.evalsha(_SHAS[script], 1, key, *args)
+        return self._execute(_pack(_SHA_HEADS[script], key, args))
+
+    async def _execute(self, command: bytes) -> Any:
+        assert isinstance(self._client, Redis)
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(command)
+            return await connection.read_response()
+        except (RedisConnectionError, RedisTimeoutError, asyncio.CancelledError):
+            # Cancelled (the ledger's time budget) mid-reply: the connection's state is unknown.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def acquire(self, key: str, lock: bytes, lock_ttl_ms: int) -> tuple[bytes, int] | None:
         reply = await self._run(ACQUIRE, key, lock, lock_ttl_ms)
