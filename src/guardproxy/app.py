@@ -149,7 +149,7 @@ def idempotency_guard(settings: Settings, metrics: ProxyMetrics | None) -> Idemp
     store: IdempotencyStore = (
         RedisIdempotencyStore.from_url(url.get_secret_value())
         if url is not None
-        else MemoryIdempotencyStore(max_keys=config.memory_max_keys)
+        else MemoryIdempotencyStore(max_keys=config.memory_max_keys, max_bytes=config.memory_max_bytes)
     )
     if metrics is not None:
         metrics.declare_idempotency_routes(policies, IDEMPOTENCY_DECISIONS, IDEMPOTENCY_RESULTS)

@@ -122,6 +122,18 @@ async def test_memory_entries_expire_and_the_store_stays_bounded() -> None:
     assert len(memory) == 1  # a full store sweeps what has expired before dropping anything live
 
 
+async def test_the_memory_store_is_bounded_in_bytes_too() -> None:
+    memory = MemoryIdempotencyStore(max_keys=100, max_bytes=2500)
+    for name in "abc":
+        await memory.acquire(name, b"L", 60_000)
+        assert await memory.complete(name, b"L", b"D" * 999, 60_000)
+    assert len(memory) == 2  # the third response pushed the first out
+    assert memory.bytes_held <= 2500
+    assert await memory.acquire("a", b"L2", 1000) is None
+    await memory.release("a", b"L2")
+    assert memory.bytes_held == 2 * (1 + 999)
+
+
 class FailingStore:
     backend = "test"
 

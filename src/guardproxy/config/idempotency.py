@@ -36,8 +36,10 @@ class IdempotencySettings(Section):
     # Whose key it is, besides method and path: client_ip and/or header:<Name> (e.g.
     # header:Authorization; a missing header falls back to the client address).
     key: list[str] = ["client_ip"]
-    # Keys the in-memory store holds at most (per process); the oldest go first.
+    # What the in-memory store holds at most (per process): keys, and bytes of keys and stored
+    # responses together; past either, expired entries and then the oldest go first.
     memory_max_keys: Annotated[int, Field(ge=1)] = 100_000
+    memory_max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
 
     @field_validator("key")
     @classmethod

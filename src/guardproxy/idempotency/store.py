@@ -28,15 +28,20 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
-    """Keys in a dict, for one process (config refuses it with several workers). Bounded: at
-    `max_keys` expired entries are swept, and if that frees nothing the oldest entry goes
+    """Keys in a dict, for one process (config refuses it with several workers). Bounded in keys
+    and in bytes, since each entry may hold a response of up to max_response_bytes: when either
+    bound is reached, expired entries are swept, and if that is not enough the oldest go
     (insertion order is age order: a completed entry is re-inserted)."""
 
     backend = "memory"
 
-    def __init__(self, *, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, max_keys: int, max_bytes: int = 64 * 1024 * 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._entries: dict[str, tuple[bytes, float]] = {}
         self._max_keys = max_keys
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
 
     async def start(self) -> None:
@@ -44,23 +49,35 @@ class MemoryIdempotencyStore:
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self._bytes = 0
 
     def _live(self, key: str, now: float) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         if entry[1] <= now:
-            del self._entries[key]
+            self._drop(key)
             return None
         return entry[0]
 
+    def _drop(self, key: str) -> None:
+        value, _ = self._entries.pop(key)
+        self._bytes -= len(key) + len(value)
+
+    def _full(self, adding: int) -> bool:
+        return len(self._entries) >= self._max_keys or self._bytes + adding > self._max_bytes
+
     def _put(self, key: str, value: bytes, expires: float, now: float) -> None:
-        self._entries.pop(key, None)
-        if len(self._entries) >= self._max_keys:
-            self._entries = {k: entry for k, entry in self._entries.items() if entry[1] > now}
-            while len(self._entries) >= self._max_keys:
-                del self._entries[next(iter(self._entries))]
+        if key in self._entries:
+            self._drop(key)
+        size = len(key) + len(value)
+        if self._full(size):
+            for stale in [k for k, entry in self._entries.items() if entry[1] <= now]:
+                self._drop(stale)
+            while self._entries and self._full(size):
+                self._drop(next(iter(self._entries)))
         self._entries[key] = (value, expires)
+        self._bytes += size
 
     async def acquire(self, key: str, lock: bytes, lock_ttl_ms: int) -> tuple[bytes, int] | None:
         now = self._clock()
@@ -80,8 +97,12 @@ class MemoryIdempotencyStore:
     async def release(self, key: str, lock: bytes) -> bool:
         if self._live(key, self._clock()) != lock:
             return False
-        del self._entries[key]
+        self._drop(key)
         return True
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
