@@ -441,3 +441,34 @@ def test_the_in_memory_store_serves_one_process(start_proxy, counting, tmp_path)
     assert_replay_of(pay(gp.url, key, path="/pay/1?delay=1"), result[0])
     assert pay(gp.url, key, path="/pay/1?delay=1", body=b"other").status_code == 422
     assert counted(counting, f'"{key}"') == {"attempts": 1, "executions": 1}
+
+
+def test_a_worker_killed_mid_request_leaves_only_a_lock_that_expires(start_proxy, counting, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The crash case: the upstream ran the request but nobody stored its answer. Until the lock
+    expires a retry gets 409 (never a second execution); after lock_ttl the key is free again."""
+    prefix = unique_prefix()
+    config, env = write_config(tmp_path, {"ttl": 30.0, "lock_ttl": 3.0}), shared_store(prefix)
+    doomed = start_proxy(counting.url, "--config", config, env=env)
+    survivor = start_proxy(counting.url, "--config", config, env=env)
+    key = new_key()
+
+    def cut_off() -> BaseException | None:
+        try:
+            pay(doomed.url, key, path="/pay/1?delay=1")
+        except httpx.HTTPError as exc:
+            return exc
+        return None
+
+    thread, result = in_thread(cut_off)
+    wait_until(lambda: counted(counting, f'"{key}"')["attempts"] == 1)
+    doomed.process.kill()
+    thread.join(timeout=30)
+    assert isinstance(result[0], httpx.HTTPError)  # the client never got an answer
+    (entry,) = shared_redis().keys(f"{prefix}*")
+    assert 0 < shared_redis().pttl(entry) <= 3000
+    assert pay(survivor.url, key, path="/pay/1?delay=1").status_code == 409
+    wait_until(lambda: not shared_redis().exists(entry), timeout=5)
+    retried = pay(survivor.url, key, path="/pay/1?delay=1")
+    assert retried.status_code == 200
+    assert "idempotent-replayed" not in retried.headers
+    assert counted(counting, f'"{key}"') == {"attempts": 2, "executions": 2}
