@@ -221,10 +221,11 @@ def build_guards(
         guards.append(rate_limit)
     idempotency = idempotency_guard(settings, metrics)
     if idempotency is not None:
-        # After the rate limit: a refused request never takes a lock (nor reads its body for a
-        # fingerprint). After every guard that adds response headers, so its response hook runs
-        # first and copies the upstream's own head; before compression, so what it stores and
-        # replays is the uncompressed body, encoded afresh for each client.
+        # Listed for its start/aclose (the store's connection). Its work happens between the
+        # chain and the forwarder (build_proxy_app): after every request hook, so a request the
+        # rate limit refused never takes a lock; inside the response hooks, so it stores the
+        # upstream's own head and uncompressed body, and its replays get fresh security
+        # headers, request ID and compression like any answer.
         guards.append(idempotency)
     if settings.compression.enabled:
         # Last: it sees response heads after every other guard has set its headers.
@@ -278,6 +279,9 @@ def build_proxy_app(
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
     )
-    return GuardChain(
-        forwarder, guards=build_guards(settings, metrics, rate_limit_store), routes=build_route_table(settings)
-    )
+    guards = build_guards(settings, metrics, rate_limit_store)
+    app: ASGIApp = forwarder
+    for guard in guards:
+        if isinstance(guard, IdempotencyGuard):
+            app = guard.wrap_app(forwarder)
+    return GuardChain(app, guards=guards, routes=build_route_table(settings))

@@ -154,7 +154,7 @@ class IdempotencyMachine(RuleBasedStateMachine):
         policy = RoutePolicy(name="pay", connect_timeout=1, read_timeout=1, total_timeout=None, max_body_bytes=1000)
         default = RoutePolicy(name="default", connect_timeout=1, read_timeout=1, total_timeout=None, max_body_bytes=10)
         self.chain = GuardChain(
-            Forwarder(self.transport, upstream_authority=b"upstream", preserve_host=False),
+            self.guard.wrap_app(Forwarder(self.transport, upstream_authority=b"upstream", preserve_host=False)),
             guards=[ClientAddressGuard(trusted=[]), RequestIdGuard(trust_incoming=False), BodyLimitGuard(), self.guard],
             routes=RouteTable([Route(compile_path_pattern("/pay"), None, policy)], default=default),
         )

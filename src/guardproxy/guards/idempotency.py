@@ -17,6 +17,14 @@ sends its next retry at once must meet the replay, never a 409 from a store writ
 way. A client that leaves mid-response does not lose the result either: the rest of the response
 is still read and stored (up to max_response_bytes), so its retry gets the replay.
 
+Where it sits: not in the guard hooks but around the forwarder (`wrap_app`), because a keyed
+request needs one flow from body to lock to response to store-or-release, with a `finally` that
+releases whatever ended it; because there it sees the upstream's own head before the chain's
+response hooks add guardproxy's fields; and because routes without idempotency then pay one call
+and one dict lookup, not five hooks and the chain's async path (callgrind: +14k instructions per
+request as hooks, see the README). It still runs after every request hook (the rate limit), and
+its answers still go through the chain's `send` (security headers, request ID, compression).
+
 Only a complete, final answer of the upstream itself is stored (see records.disposition); else
 the key is released so that a retry can succeed. The lock expires after lock_ttl whatever
 happens to this worker. A store that fails is counted and logged, and fail_mode decides:
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +43,8 @@ import structlog
 
 from guardproxy import problems
 from guardproxy.answer import Answer
-from guardproxy.asgi import Headers, Message, Receive, Scope, Send
-from guardproxy.context import RequestContext
+from guardproxy.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from guardproxy.context import CONTEXT_KEY, RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.idempotency.keys import MalformedKeyError, fingerprint_of, identity, key_fields, parse_key, store_key
 from guardproxy.idempotency.ledger import Ledger, StoreUnavailableError
@@ -54,7 +62,6 @@ from guardproxy.idempotency.records import (
 
 log = structlog.get_logger(component="guardproxy.idempotency")
 
-_STATE = "guardproxy.idempotency"
 _TOO_LARGE = "The request body is larger than this endpoint accepts."
 # Decision labels for metrics: a small fixed set.
 DECISIONS = ("executed", "replayed", "conflict", "mismatch", "missing_key", "malformed_key", "unprotected", "refused")
@@ -87,7 +94,7 @@ class IdempotencyGuard(Guard):
         count_decision: Callable[[str, str], None] = lambda route, decision: None,
         count_result: Callable[[str, str], None] = lambda route, result: None,
     ) -> None:
-        self._policies = dict(policies)
+        self.policies = dict(policies)
         self.ledger = ledger
         self.key_prefix = key_prefix
         self.key_parts: tuple[str | bytes, ...] = tuple(
@@ -101,10 +108,6 @@ class IdempotencyGuard(Guard):
         self.count_decision = count_decision
         self.count_result = count_result
         self._tasks: set[asyncio.Task[None]] = set()
-        # Exchanges holding a lock, by their context's id, for on_response_start (which gets no
-        # scope). An entry lives from the lock until the request settles: bounded by the
-        # requests in flight.
-        self.locked: dict[int, _Exchange] = {}
 
     async def start(self) -> None:
         await self.ledger.store.start()
@@ -115,65 +118,17 @@ class IdempotencyGuard(Guard):
             await asyncio.wait(list(self._tasks), timeout=self.ledger.timeout * 2)
         await self.ledger.store.aclose()
 
-    # --- the hooks ---------------------------------------------------------------------------------
-    # The chain calls wrap_send first, so that is where a request is sorted: on a route without
-    # idempotency, or without a key where none is required, it costs one dict lookup here and a
-    # scope lookup in each other hook.
+    # --- the request path ----------------------------------------------------------------------------
 
-    def wrap_send(self, scope: Scope, context: RequestContext, send: Send) -> Send:
-        policy = self._policies.get(context.route.name)
-        if policy is None or scope["method"] not in policy.methods:
-            return send
-        fields = key_fields(scope)
-        if not fields and not policy.required:
-            return send
-        exchange = _Exchange(self, scope, context, send, fields)
-        scope[_STATE] = exchange
-        return exchange.send
-
-    def wrap_receive(self, scope: Scope, context: RequestContext, receive: Receive) -> Receive:
-        exchange: _Exchange | None = scope.get(_STATE)
-        if exchange is None:
-            return receive
-        exchange.raw_receive = receive
-        return exchange.receive
-
-    def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
-        # Syntax is free to check: a 400 comes before any wait (the rate limit's, the store's).
-        exchange: _Exchange | None = scope.get(_STATE)
-        if exchange is None:
-            return None
-        if not exchange.fields:
-            return self._refuse(scope, context, "missing_key", problems.IDEMPOTENCY_KEY_MISSING, None)
-        try:
-            exchange.key = parse_key(exchange.fields, self.key_max_length)
-        except MalformedKeyError as exc:
-            return self._refuse(scope, context, "malformed_key", problems.IDEMPOTENCY_KEY_MALFORMED, str(exc))
-        return None
-
-    async def on_request_async(self, scope: Scope, context: RequestContext) -> Answer | None:
-        exchange: _Exchange | None = scope.get(_STATE)
-        if exchange is None or exchange.key is None:
-            return None
-        return await exchange.begin()
-
-    def on_response_start(self, context: RequestContext, headers: Headers) -> None:
-        # This guard sits after every guard that adds response headers, so its hook runs first:
-        # what it copies is the upstream's head, without the fields guardproxy adds per response.
-        # A replay gets those added afresh, as every Answer does.
-        exchange = self.locked.get(id(context))
-        if exchange is not None:
-            exchange.head = list(headers)
-
-    def on_complete(self, scope: Scope, context: RequestContext) -> None:
-        exchange: _Exchange | None = scope.get(_STATE)
-        if exchange is None or exchange.lock is None or exchange.settled:
-            return
-        exchange.settle()
+    def wrap_app(self, app: ASGIApp) -> ASGIApp:
+        """The forwarder, with idempotency around it. This guard has no per-request hooks: the
+        chain never calls it, and a request on a route without idempotency (or without a key
+        where none is required) costs one call and a dict lookup in front of the forwarder."""
+        return _IdempotentApp(self, app)
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _refuse(
+    def refuse(
         self, scope: Scope, context: RequestContext, decision: str, problem: problems.ProblemType, detail: str | None
     ) -> Answer:
         context.outcome = "idempotency_" + decision
@@ -187,6 +142,29 @@ class IdempotencyGuard(Guard):
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _IdempotentApp:
+    """Between the guard chain and the forwarder: it runs after every request hook (so a request
+    the rate limit refused never takes a lock) and sends through the chain's `send` (so replays
+    and refusals get the response hooks: security headers, request ID, compression)."""
+
+    __slots__ = ("app", "guard")
+
+    def __init__(self, guard: IdempotencyGuard, app: ASGIApp) -> None:
+        self.guard = guard
+        self.app = app
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back what to await: no coroutine of its own per request.
+        context: RequestContext = scope[CONTEXT_KEY]
+        policy = self.guard.policies.get(context.route.name)
+        if policy is None or scope["method"] not in policy.methods:
+            return self.app(scope, receive, send)
+        fields = key_fields(scope)
+        if not fields and not policy.required:
+            return self.app(scope, receive, send)
+        return _Exchange(self.guard, scope, context, fields).run(self.app, receive, send)
 
 
 def audit(scope: Scope, context: RequestContext, kind: str) -> None:
@@ -218,7 +196,6 @@ class _Exchange:
         "from_upstream",
         "guard",
         "head",
-        "key",
         "lock",
         "raw_receive",
         "scope",
@@ -230,14 +207,13 @@ class _Exchange:
         "wire_send",
     )
 
-    def __init__(self, guard: IdempotencyGuard, scope: Scope, context: RequestContext, send: Send, fields: list[bytes]):
+    def __init__(self, guard: IdempotencyGuard, scope: Scope, context: RequestContext, fields: list[bytes]) -> None:
         self.guard = guard
         self.scope = scope
         self.context = context
-        self.wire_send = send
-        self.raw_receive: Receive | None = None
         self.fields = fields
-        self.key: bytes | None = None
+        self.raw_receive: Receive | None = None
+        self.wire_send: Send | None = None
         self.body: bytes | None = None
         self.body_size = 0
         self.fingerprint = b""
@@ -253,7 +229,42 @@ class _Exchange:
         self.client_gone = False
         self.settled = False
 
+    async def run(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+        self.raw_receive, self.wire_send = receive, send
+        answer = self._check_key()
+        if answer is None:
+            answer = await self._begin()
+            if answer is not None:
+                # Read here and never forwarded: the forwarder would have counted it for the logs.
+                self.context.request_bytes += self.body_size
+        if answer is not None:
+            await answer.send(send)
+            return
+        if self.lock is None:  # the store failed and fail_mode is pass: forwarded unprotected
+            await app(self.scope, self.receive, send)
+            return
+        try:
+            await app(self.scope, self.receive, self.send)
+        finally:
+            # Whatever ended it (an upstream failure mid-body, the total timeout, a shutdown),
+            # a lock not swapped for a response is released.
+            if not self.settled:
+                self.settle()
+
     # --- the request side ----------------------------------------------------------------------------
+
+    def _check_key(self) -> Answer | None:
+        guard, scope, context = self.guard, self.scope, self.context
+        if not self.fields:
+            return guard.refuse(scope, context, "missing_key", problems.IDEMPOTENCY_KEY_MISSING, None)
+        try:
+            key = parse_key(self.fields, guard.key_max_length)
+        except MalformedKeyError as exc:
+            return guard.refuse(scope, context, "malformed_key", problems.IDEMPOTENCY_KEY_MALFORMED, str(exc))
+        self.store_key = store_key(
+            guard.key_prefix, identity(guard.key_parts, scope, context), scope["method"], scope["path"], key
+        )
+        return None
 
     async def receive(self) -> Message:
         body, self.body = self.body, None
@@ -263,7 +274,9 @@ class _Exchange:
         return await self.raw_receive()
 
     async def _read_body(self) -> Answer | None:
-        """The whole body, hashed as it arrives and kept to hand on: an Answer if it is too large."""
+        """The whole body, hashed as it arrives and kept to hand on: an Answer if it is too large.
+        The body limit guard's wrapper already sits in `receive` and refuses first; this check
+        keeps the promise whatever the chain holds."""
         assert self.raw_receive is not None
         digest = fingerprint_of(self.scope)
         limit = self.context.route.max_body_bytes
@@ -276,8 +289,6 @@ class _Exchange:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                # The body limit guard wraps what the forwarder reads; what is read here must
-                # keep the same promise.
                 self.context.outcome = "too_large"
                 return Answer.problem(self.scope, problems.CONTENT_TOO_LARGE, _TOO_LARGE)
             if chunk:
@@ -290,22 +301,11 @@ class _Exchange:
         self.fingerprint = digest.digest()
         return None
 
-    async def begin(self) -> Answer | None:
-        answer = await self._decide()
-        if answer is not None:
-            # Read here and never forwarded: the forwarder would have counted it for the logs.
-            self.context.request_bytes += self.body_size
-        return answer
-
-    async def _decide(self) -> Answer | None:
+    async def _begin(self) -> Answer | None:
         too_large = await self._read_body()
         if too_large is not None:
             return too_large
         guard, scope, context = self.guard, self.scope, self.context
-        assert self.key is not None
-        self.store_key = store_key(
-            guard.key_prefix, identity(guard.key_parts, scope, context), scope["method"], scope["path"], self.key
-        )
         lock = new_lock(self.fingerprint)
         try:
             found = await guard.ledger.acquire(self.store_key, lock, guard.lock_ttl_ms)
@@ -315,7 +315,6 @@ class _Exchange:
         route = context.route.name
         if verdict is Verdict.PROCEED:
             self.lock = lock
-            guard.locked[id(context)] = self
             guard.count_decision(route, "executed")
             return None
         if verdict is Verdict.REPLAY:
@@ -324,12 +323,11 @@ class _Exchange:
             guard.count_decision(route, "replayed")
             return Answer(stored.status, replay_headers(stored.headers, len(stored.body)), stored.body)
         if verdict is Verdict.CONFLICT:
-            assert found is not None
             context.outcome = "idempotency_conflict"
             guard.count_decision(route, "conflict")
             audit(scope, context, "conflict")
-            # The first request usually finishes within a second; its lock (found[1] ms left)
-            # is only the worst case, after a crash.
+            # The first request usually finishes within a second; its lock is only the worst
+            # case, after a crash.
             return Answer.problem(
                 scope,
                 problems.IDEMPOTENCY_CONFLICT,
@@ -371,12 +369,15 @@ class _Exchange:
     # --- the response side ---------------------------------------------------------------------------
 
     async def send(self, message: Message) -> None:
-        if self.lock is None or self.settled:
-            if not self.client_gone:
-                await self.wire_send(message)
+        if self.settled:
+            await self._relay(message)
             return
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            # The upstream's own head, before the chain's response hooks add guardproxy's
+            # per-response fields (they mutate this list once it is sent on): a replay gets
+            # those afresh, as every Answer does.
+            self.head = list(message["headers"])
             # The forwarder notes the upstream's time to answer just before relaying its head;
             # guardproxy's own answers (502/503/504) leave it at zero.
             self.from_upstream = self.context.upstream_seconds > 0
@@ -400,10 +401,11 @@ class _Exchange:
     async def _relay(self, message: Message) -> None:
         if self.client_gone:
             return
+        assert self.wire_send is not None
         try:
             await self.wire_send(message)
         except OSError:
-            if not self._storable_so_far():
+            if self.settled or not self._storable_so_far():
                 raise
             # Keep reading the upstream's answer for the retry that will come.
             self.client_gone = True
@@ -415,46 +417,45 @@ class _Exchange:
             is Disposition.STORED
         )
 
-    async def _store(self) -> None:
-        """The response is complete: store it (or release the key) before its last chunk goes out."""
-        verdict = disposition(
+    def _disposition(self) -> Disposition:
+        return disposition(
             self.status, from_upstream=self.from_upstream, complete=self.complete, too_large=self.too_large
         )
+
+    async def _store(self) -> None:
+        """The response is complete: store it (or release the key) before its last chunk goes out."""
+        verdict = self._disposition()
         if verdict is not Disposition.STORED:
             self.settle(verdict)
             return
         self.settled = True
-        self.guard.locked.pop(id(self.context), None)
-        guard, lock = self.guard, self.lock
+        guard, lock, context = self.guard, self.lock, self.context
         assert lock is not None
         record = encode_done(self.fingerprint, StoredResponse(self.status, self.head, b"".join(self.chunks)))
+        self.chunks = []
         stored = await guard.ledger.complete(self.store_key, lock, record, guard.ttl_ms)
         if stored is None:
             result = Disposition.STORE_FAILED
             log.warning(
                 "idempotency store failed to keep a response: its lock expires by itself",
-                request_id=self.context.request_id,
-                route=self.context.route.name,
+                request_id=context.request_id,
+                route=context.route.name,
             )
         elif not stored:
             result = Disposition.LOCK_LOST
             log.warning(
                 "idempotency lock expired before the response was complete: not stored",
-                request_id=self.context.request_id,
-                route=self.context.route.name,
+                request_id=context.request_id,
+                route=context.route.name,
             )
         else:
             result = Disposition.STORED
-        guard.count_result(self.context.route.name, result.value)
+        guard.count_result(context.route.name, result.value)
 
     def settle(self, verdict: Disposition | None = None) -> None:
         """Not stored: release the key (in the background) so that a retry can succeed."""
         self.settled = True
-        self.guard.locked.pop(id(self.context), None)
-        if verdict is None:
-            verdict = disposition(
-                self.status, from_upstream=self.from_upstream, complete=self.complete, too_large=self.too_large
-            )
+        verdict = verdict or self._disposition()
         guard, context = self.guard, self.context
         guard.count_result(context.route.name, verdict.value)
         if verdict is Disposition.TOO_LARGE:
