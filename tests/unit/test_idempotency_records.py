@@ -96,5 +96,17 @@ def test_guardproxy_answers_cut_short_and_oversized_responses_are_not_kept() -> 
 
 
 def test_a_replay_says_so_and_has_its_own_content_length() -> None:
-    headers = replay_headers([(b"content-type", b"text/plain"), (b"content-length", b"999")], 3)
-    assert headers == [(b"content-type", b"text/plain"), (b"content-length", b"3"), (b"idempotent-replayed", b"true")]
+    stored = StoredResponse(200, [(b"content-type", b"text/plain"), (b"content-length", b"999")], b"abc")
+    assert replay_headers(stored) == [
+        (b"content-type", b"text/plain"),
+        (b"content-length", b"3"),
+        (b"idempotent-replayed", b"true"),
+    ]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_replayed_204_or_304_has_no_content_length(status: int) -> None:
+    assert replay_headers(StoredResponse(status, [(b"etag", b'"x"')], b"")) == [
+        (b"etag", b'"x"'),
+        (b"idempotent-replayed", b"true"),
+    ]

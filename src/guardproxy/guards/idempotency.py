@@ -321,7 +321,7 @@ class _Exchange:
             assert stored is not None
             context.outcome = "idempotent_replay"
             guard.count_decision(route, "replayed")
-            return Answer(stored.status, replay_headers(stored.headers, len(stored.body)), stored.body)
+            return Answer(stored.status, replay_headers(stored), stored.body)
         if verdict is Verdict.CONFLICT:
             context.outcome = "idempotency_conflict"
             guard.count_decision(route, "conflict")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -129,10 +128,11 @@ def disposition(status: int, *, from_upstream: bool, complete: bool, too_large: 
     return Disposition.STORED
 
 
-def replay_headers(stored: Sequence[tuple[bytes, bytes]], body_length: int) -> Headers:
-    """The stored head for a replay: its own Content-Length (a chunked original has none), and
-    `Idempotent-Replayed: true` so the client can tell."""
-    headers: Headers = [field for field in stored if field[0] != b"content-length"]
-    headers.append((b"content-length", b"%d" % body_length))
+def replay_headers(stored: StoredResponse) -> Headers:
+    """The stored head for a replay: its own Content-Length (a chunked original has none; a 204
+    or 304 never has one, RFC 9110 §8.6), and `Idempotent-Replayed: true` so the client can tell."""
+    headers: Headers = [field for field in stored.headers if field[0] != b"content-length"]
+    if stored.status not in (204, 304):
+        headers.append((b"content-length", b"%d" % len(stored.body)))
     headers.append((b"idempotent-replayed", b"true"))
     return headers
