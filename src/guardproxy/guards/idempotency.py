@@ -112,6 +112,11 @@ class IdempotencyGuard(Guard):
     async def start(self) -> None:
         await self.ledger.store.start()
 
+    def report(self) -> dict[str, object]:
+        """For /readyz, as an informational check (`readiness.inform("idempotency_store", ...)`):
+        a failing store is news, and fail_mode decides what requests get meanwhile."""
+        return self.ledger.report()
+
     async def aclose(self) -> None:
         # Releases still on their way: they are quick, and a lock left behind expires anyway.
         if self._tasks:
