@@ -472,3 +472,19 @@ def test_a_worker_killed_mid_request_leaves_only_a_lock_that_expires(start_proxy
     assert retried.status_code == 200
     assert "idempotent-replayed" not in retried.headers
     assert counted(counting, f'"{key}"') == {"attempts": 2, "executions": 2}
+
+
+def test_the_uncompressed_answer_is_stored_and_encoded_afresh_for_each_client(start_proxy, counting, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(counting.url, "--config", write_config(tmp_path), env=shared_store())
+    key = new_key()
+    first = pay(gp.url, key, path="/pay/1?size=4000", headers={"Accept-Encoding": "gzip"})
+    assert first.headers["content-encoding"] == "gzip"
+    replay = pay(gp.url, key, path="/pay/1?size=4000", headers={"Accept-Encoding": "identity"})
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert "content-encoding" not in replay.headers
+    assert replay.content == first.content  # httpx decoded the first: the same JSON
+    assert int(replay.headers["content-length"]) == len(replay.content)
+    brotli = pay(gp.url, key, path="/pay/1?size=4000", headers={"Accept-Encoding": "br"})
+    assert brotli.headers["content-encoding"] == "br"
+    assert brotli.content == first.content
+    assert counted(counting, f'"{key}"') == {"attempts": 1, "executions": 1}
