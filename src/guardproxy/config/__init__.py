@@ -46,7 +46,7 @@ from guardproxy.config.guards import (
     TrustedProxySettings,
     check_cors,
 )
-from guardproxy.config.idempotency import IdempotencyRoute, IdempotencySettings
+from guardproxy.config.idempotency import IdempotencyRoute, IdempotencySettings, check_idempotency
 from guardproxy.config.observability import LoggingSettings, MetricsSettings
 from guardproxy.config.rate_limit import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
 from guardproxy.config.routes import RouteSettings
@@ -128,17 +128,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _idempotency_store(self) -> Settings:
-        shared = self.idempotency.redis_url or self.rate_limit.redis_url
-        if shared is None and self.server.workers > 1 and any(r.idempotency.enabled for r in self.routes):
-            # Each worker would keep keys of its own: a retry on another worker would run again.
-            raise ValueError("idempotency with server.workers > 1 needs idempotency.redis_url or rate_limit.redis_url")
-        for route in self.routes:
-            timeout = route.upstream.total_timeout or self.upstream.total_timeout
-            if route.idempotency.enabled and timeout is not None and timeout >= self.idempotency.lock_ttl:
-                raise ValueError(
-                    f"routes[{route.name}]: the upstream total_timeout ({timeout:g} s) must be shorter than "
-                    f"idempotency.lock_ttl ({self.idempotency.lock_ttl:g} s), or a slow request could lose its lock"
-                )
+        check_idempotency(self.idempotency, self.rate_limit.redis_url, self.server.workers, self.upstream, self.routes)
         return self
 
     @model_validator(mode="after")

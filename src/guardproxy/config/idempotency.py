@@ -4,12 +4,17 @@ what a route opts into."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_validator
 
 from guardproxy.config.base import MethodList, Section
 from guardproxy.config.rate_limit import RateLimitSettings
+
+if TYPE_CHECKING:
+    from guardproxy.config.routes import RouteSettings
+    from guardproxy.config.server import UpstreamSettings
 
 _HEADER_KEY = re.compile(r"header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 
@@ -78,3 +83,24 @@ class IdempotencyRoute(Section):
         if not value:
             raise ValueError("list at least one method")
         return value
+
+
+def check_idempotency(
+    settings: IdempotencySettings,
+    rate_limit_redis_url: SecretStr | None,
+    workers: int,
+    upstream: UpstreamSettings,
+    routes: Sequence[RouteSettings],
+) -> None:
+    """What the idempotency settings require of the rest (raised as a top-level problem)."""
+    enabled = [route for route in routes if route.idempotency.enabled]
+    if enabled and workers > 1 and (settings.redis_url or rate_limit_redis_url) is None:
+        # Each worker would keep keys of its own: a retry on another worker would run again.
+        raise ValueError("idempotency with server.workers > 1 needs idempotency.redis_url or rate_limit.redis_url")
+    for route in enabled:
+        timeout = route.upstream.total_timeout or upstream.total_timeout
+        if timeout is not None and timeout >= settings.lock_ttl:
+            raise ValueError(
+                f"routes[{route.name}]: the upstream total_timeout ({timeout:g} s) must be shorter than "
+                f"idempotency.lock_ttl ({settings.lock_ttl:g} s), or a slow request could lose its lock"
+            )
