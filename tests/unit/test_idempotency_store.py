@@ -228,3 +228,42 @@ def test_calls_are_packed_as_redis_py_packs_its_evalsha() -> None:
     args: tuple[bytes | int, ...] = (b"L\x00\xff-lock", b"D\r\n-record", 86_400_000)
     expected = b"".join(Connection().pack_command("EVALSHA", _SHAS[COMPLETE], 1, "gp:{é}", *args))
     assert _pack(_SHA_HEADS[COMPLETE], "gp:{é}", args) == expected
+
+
+async def test_concurrent_calls_share_pipelined_writes_and_each_gets_its_own_reply(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    backend = RedisIdempotencyStore.from_url(server.url)
+    try:
+        await backend.start()
+        server.client().script_flush()  # the first write meets NOSCRIPT for every call in it
+        results = await asyncio.gather(
+            *(backend.acquire(f"{{k{i % 10}}}", b"L%d" % i, 60_000) for i in range(100)),
+        )
+        # Per key, the first call in order took the lock; the nine after it saw that lock.
+        for i, result in enumerate(results):
+            if i < 10:
+                assert result is None
+            else:
+                assert result is not None
+                assert result[0] == b"L%d" % (i % 10)
+        completed = await asyncio.gather(
+            *(backend.complete(f"{{k{i}}}", b"L%d" % i, b"D%d" % i, 60_000) for i in range(10)),
+            backend.complete("{k0}", b"not mine", b"D", 60_000),
+        )
+        assert completed == [True] * 10 + [False]
+        clients = server.client().client_list()
+        assert len(clients) <= 3  # two pipelined writes at most, and this test's own client
+    finally:
+        await backend.aclose()
+        server.kill()
+
+
+async def test_a_dead_server_fails_every_call_of_a_write() -> None:
+    backend = RedisIdempotencyStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        results = await asyncio.gather(
+            *(backend.acquire(f"{{k{i}}}", b"L", 1000) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(result, RedisConnectionError) for result in results)
+    finally:
+        await backend.aclose()
