@@ -36,6 +36,14 @@ class Outcome(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
 
+    # Idempotency-Key (guards/idempotency.py).
+    IDEMPOTENT_REPLAY = "idempotent_replay"  # the stored response was replayed, never forwarded
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # 409: the same key is still in flight
+    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"  # 422: the key was used with another request
+    IDEMPOTENCY_MISSING_KEY = "idempotency_missing_key"  # 400: the route requires a key
+    IDEMPOTENCY_MALFORMED_KEY = "idempotency_malformed_key"  # 400
+    IDEMPOTENCY_UNAVAILABLE = "idempotency_unavailable"  # 503: the store is down, fail_mode refuse
+
     # The upstream could not give an answer.
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"

@@ -47,6 +47,13 @@ UPSTREAM_UNAVAILABLE = ProblemType("upstream-unavailable", 502, "Bad Gateway")
 UPSTREAM_BAD_RESPONSE = ProblemType("upstream-bad-response", 502, "Bad Gateway")
 UPSTREAM_TIMEOUT = ProblemType("upstream-timeout", 504, "Gateway Timeout")
 UPSTREAM_BUSY = ProblemType("upstream-busy", 503, "Service Unavailable")
+# draft-ietf-httpapi-idempotency-key-header §2.7: a missing or malformed key, a request with
+# the key still in flight, a key reused with another payload; and the key store being down.
+IDEMPOTENCY_KEY_MISSING = ProblemType("idempotency-key-missing", 400, "Bad Request")
+IDEMPOTENCY_KEY_MALFORMED = ProblemType("idempotency-key-malformed", 400, "Bad Request")
+IDEMPOTENCY_CONFLICT = ProblemType("idempotency-conflict", 409, "Conflict")
+IDEMPOTENCY_MISMATCH = ProblemType("idempotency-mismatch", 422, "Unprocessable Content")
+IDEMPOTENCY_UNAVAILABLE = ProblemType("idempotency-unavailable", 503, "Service Unavailable")
 
 
 def render_problem(

@@ -13,7 +13,7 @@ connections and requests are served by it) and closes the old one once its reque
 
 from __future__ import annotations
 
-from guardproxy.asgi import Receive, Scope, Send
+from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
     CorsSettings,
     RouteSettings,
@@ -29,12 +29,18 @@ from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
+from guardproxy.guards.idempotency import DECISIONS as IDEMPOTENCY_DECISIONS
+from guardproxy.guards.idempotency import RESULTS as IDEMPOTENCY_RESULTS
+from guardproxy.guards.idempotency import IdempotencyGuard, IdempotencyPolicy
 from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard
 from guardproxy.health import Readiness
+from guardproxy.idempotency.ledger import Ledger
+from guardproxy.idempotency.redis_store import RedisIdempotencyStore
+from guardproxy.idempotency.store import IdempotencyStore, MemoryIdempotencyStore
 from guardproxy.observability.access_log import AccessLogGuard
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricSources, ProxyMetrics
@@ -73,6 +79,10 @@ class Runtime:
             await self.rate_limit_store.shared.warm_up()
         if self.metric_sources is not None:
             self.metric_sources.watch_upstream(lambda: self.readiness.upstream.ok)
+        for chain in self.chains:
+            for guard in chain.guards:
+                for name, report in guard.readiness_checks().items():
+                    self.readiness.inform(name, report)
         await self.readiness.start()
         for chain in self.chains:
             await chain.start()
@@ -208,6 +218,43 @@ def rate_limit_guard(
     )
 
 
+def idempotency_guard(settings: Settings, metrics: MetricSources | None) -> IdempotencyGuard | None:
+    """The Idempotency-Key guard, when some route opts in; None costs the other routes nothing."""
+    policies = {
+        route.name: IdempotencyPolicy(methods=frozenset(route.idempotency.methods), required=route.idempotency.required)
+        for route in settings.routes
+        if route.idempotency.enabled
+    }
+    if not policies:
+        return None
+    config = settings.idempotency
+    url = config.redis_url or settings.rate_limit.redis_url
+    store: IdempotencyStore = (
+        RedisIdempotencyStore.from_url(url.get_secret_value())
+        if url is not None
+        else MemoryIdempotencyStore(max_keys=config.memory_max_keys, max_bytes=config.memory_max_bytes)
+    )
+    if metrics is not None:
+        metrics.families.declare_idempotency_routes(policies, IDEMPOTENCY_DECISIONS, IDEMPOTENCY_RESULTS)
+    return IdempotencyGuard(
+        policies=policies,
+        ledger=Ledger(
+            store,
+            timeout=config.timeout,
+            on_error=metrics.counted(metrics.families.idempotency_store_errors).add if metrics is not None else _ignore,
+        ),
+        key_prefix=config.key_prefix,
+        key_parts=config.key,
+        ttl=config.ttl,
+        lock_ttl=config.lock_ttl,
+        max_response_bytes=config.max_response_bytes,
+        key_max_length=config.key_max_length,
+        fail_mode=config.fail_mode,
+        count_decision=metrics.counted(metrics.families.idempotency_decisions).add if metrics is not None else _ignore,
+        count_result=metrics.counted(metrics.families.idempotency_responses).add if metrics is not None else _ignore,
+    )
+
+
 def _ignore(*_: object) -> None:
     return None
 
@@ -255,6 +302,14 @@ def build_guards(
     if rate_limit is not None:
         # Its decision waits on a store, so the chain runs it after every cheaper check above.
         guards.append(rate_limit)
+    idempotency = idempotency_guard(settings, metrics)
+    if idempotency is not None:
+        # Listed for its start/aclose (the store's connection). Its work happens between the
+        # chain and the forwarder (build_proxy_app): after every request hook, so a request the
+        # rate limit refused never takes a lock; inside the response hooks, so it stores the
+        # upstream's own head and uncompressed body, and its replays get fresh security
+        # headers, request ID and compression like any answer.
+        guards.append(idempotency)
     if settings.compression.enabled:
         # Last: it sees response heads after every other guard has set its headers.
         guards.append(CompressionGuard.from_settings(settings.compression))
@@ -297,6 +352,9 @@ def build_proxy_app(
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
     )
-    return GuardChain(
-        forwarder, guards=build_guards(settings, metrics, rate_limit_store), routes=build_route_table(settings)
-    )
+    guards = build_guards(settings, metrics, rate_limit_store)
+    app: ASGIApp = forwarder
+    for guard in guards:
+        if isinstance(guard, IdempotencyGuard):
+            app = guard.wrap_app(forwarder)
+    return GuardChain(app, guards=guards, routes=build_route_table(settings))

@@ -46,6 +46,7 @@ from guardproxy.config.guards import (
     TrustedProxySettings,
     check_cors,
 )
+from guardproxy.config.idempotency import IdempotencyRoute, IdempotencySettings, check_idempotency
 from guardproxy.config.observability import LoggingSettings, MetricsSettings
 from guardproxy.config.rate_limit import PER_CLIENT_RULE, RateLimitRule, RateLimitSettings
 from guardproxy.config.routes import RouteSettings
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     concurrency: ConcurrencySettings = ConcurrencySettings()
     compression: CompressionSettings = CompressionSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []
@@ -122,6 +124,16 @@ class Settings(BaseSettings):
             for name in rule.routes:
                 if name not in known:
                     raise ValueError(f"rate_limit.rules[{rule.name}].routes: no route is named {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _idempotency_store(self) -> Settings:
+        timeouts = {
+            route.name: route.upstream.total_timeout or self.upstream.total_timeout
+            for route in self.routes
+            if route.idempotency.enabled
+        }
+        check_idempotency(self.idempotency, self.rate_limit.redis_url, self.server.workers, timeouts)
         return self
 
     @model_validator(mode="after")
@@ -230,6 +242,8 @@ __all__ = [
     "HostSettings",
     "HstsSettings",
     "HttpsRedirectSettings",
+    "IdempotencyRoute",
+    "IdempotencySettings",
     "LoggingSettings",
     "MetricsSettings",
     "PathSettings",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from guardproxy.config.base import MethodList, Name, PathPattern, Section
 from guardproxy.config.guards import BodyLimitOverride, CorsOverride
+from guardproxy.config.idempotency import IdempotencyRoute
 from guardproxy.config.server import TimeoutOverrides
 
 
@@ -14,3 +15,4 @@ class RouteSettings(Section):
     upstream: TimeoutOverrides = TimeoutOverrides()
     body_limit: BodyLimitOverride = BodyLimitOverride()
     cors: CorsOverride = CorsOverride()
+    idempotency: IdempotencyRoute = IdempotencyRoute()

@@ -16,6 +16,7 @@ A guard is a plain object with a few hooks, like a structlog processor:
   start() / aclose()                    async, once per runtime: open and close what a guard owns
                                         (a key-set refresher, a connection pool); the chain calls
                                         them in order, and aclose in reverse
+  readiness_checks()                    what /readyz reports for the guard, by name
 
 Why not one nested ASGI middleware per guard: each nesting level costs a coroutine frame and a
 wrapped `send` per request, measured at ~4 µs each here, and a dozen guards would have cost more
@@ -25,7 +26,7 @@ than the forwarding itself. Guards that must see body bytes (limits, compression
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
@@ -47,6 +48,11 @@ class Guard:
 
     async def aclose(self) -> None:
         return None
+
+    def readiness_checks(self) -> Mapping[str, Callable[[], dict[str, object]]]:
+        """Checks /readyz reports for this guard (a store, a key set), by name: informational,
+        so a degraded part with a fallback is news, not a reason to stop traffic."""
+        return {}
 
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +27,7 @@ from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 FLUSH_INTERVAL = 1.0
 RATELIMIT_DECISIONS = ("allowed", "limited", "dry_run_limited")
 RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
+IDEMPOTENCY_STORE_ERROR_KINDS = ("timeout", "connection", "script", "corrupt", "other")
 _UPSTREAM_FAILURES: dict[str, str] = {
     Outcome.UPSTREAM_ERROR: "unavailable",
     Outcome.UPSTREAM_TIMEOUT: "timeout",
@@ -183,12 +184,35 @@ class ProxyMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Idempotency-Key: what keyed requests met, what became of their responses, store trouble.
+        self.idempotency_decisions = Counter(
+            "guardproxy_idempotency_decisions_total",
+            "Requests with an Idempotency-Key by decision: executed, replayed, conflict (409), mismatch (422), "
+            "missing_key or malformed_key (400), unprotected (store down, forwarded) or refused (store down, 503).",
+            ["route", "decision"],
+            registry=registry,
+        )
+        self.idempotency_responses = Counter(
+            "guardproxy_idempotency_responses_total",
+            "Responses to requests that held an Idempotency-Key lock: stored for replay, or why not "
+            "(server_error, transient, too_large, incomplete, not_upstream, lock_lost, store_failed).",
+            ["route", "result"],
+            registry=registry,
+        )
+        self.idempotency_store_errors = Counter(
+            "guardproxy_idempotency_store_errors_total",
+            "Idempotency store failures: timeout, connection, script, corrupt or other.",
+            ["kind"],
+            registry=registry,
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
             self.protocol_refusals.labels(outcome)
         for kind in RATELIMIT_STORE_ERROR_KINDS:
             self.ratelimit_store_errors.labels(kind)
+        for kind in IDEMPOTENCY_STORE_ERROR_KINDS:
+            self.idempotency_store_errors.labels(kind)
         self.workers.set(1)
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry
@@ -208,6 +232,16 @@ class ProxyMetrics:
         for rule in rules:
             for decision in RATELIMIT_DECISIONS:
                 self.ratelimit_decisions.labels(rule, decision)
+
+    def declare_idempotency_routes(
+        self, routes: Iterable[str], decisions: Sequence[str], results: Sequence[str]
+    ) -> None:
+        """Start each idempotent route's series at zero (see the comment in __init__)."""
+        for route in routes:
+            for decision in decisions:
+                self.idempotency_decisions.labels(route, decision)
+            for result in results:
+                self.idempotency_responses.labels(route, result)
 
     def sources(self) -> MetricSources:
         """A new set of per-runtime sources, flushed with every other until closed."""
