@@ -14,6 +14,7 @@ from guardproxy.config import (
     Settings,
     TimeoutOverrides,
 )
+from guardproxy.guards.auth.build import build_auth_guard, build_ip_list_guard
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.client_ip import ClientAddressGuard
@@ -129,8 +130,35 @@ def rate_limit_guard(
     )
 
 
+def auth_guards(settings: Settings, metrics: ProxyMetrics | None) -> list[Guard]:
+    """IP lists, then authentication: after every cheap refusal (a shed or malformed request
+    never costs a signature check), after CORS (preflights are answered without credentials),
+    and before rate limiting, so a verified identity (claim:sub, api_key) can key a budget."""
+    guards: list[Guard] = []
+    ip_lists = build_ip_list_guard(settings)
+    if ip_lists is not None:
+        guards.append(ip_lists)
+    count = metrics.counted(metrics.auth_decisions).add if metrics is not None else _ignore
+    count_fetch = metrics.counted(metrics.auth_jwks_fetches).add if metrics is not None else _ignore
+    auth = build_auth_guard(settings, count, count_fetch)
+    if auth is not None:
+        guards.append(auth)
+        if metrics is not None:
+            metrics.declare_auth_providers(
+                [verifier.name for verifier in auth.verifiers],
+                [verifier.name for verifier in auth.verifiers if verifier.remote is not None],
+            )
+    return guards
+
+
 def _ignore(*_: object) -> None:
     return None
+
+
+def redacted_query_params(settings: Settings) -> list[str]:
+    """The logging setting's list, plus the query parameter a JWT may come in."""
+    query = settings.auth.jwt.token.query
+    return [*settings.logging.redact_query_params, *([query] if query else [])]
 
 
 def build_guards(
@@ -141,7 +169,7 @@ def build_guards(
     guards: list[Guard] = []
     if settings.logging.access_log:
         # First, so that it sees every outcome and logs every request exactly once.
-        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
+        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=redacted_query_params(settings)))
     if metrics is not None:
         guards.append(MetricsGuard(metrics=metrics))
     if settings.security_headers.enabled:
@@ -172,6 +200,7 @@ def build_guards(
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
+    guards.extend(auth_guards(settings, metrics))
     rate_limit = rate_limit_guard(settings, metrics, rate_limit_store)
     if rate_limit is not None:
         # Its decision waits on a store, so the chain runs it after every cheaper check above.

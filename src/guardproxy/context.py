@@ -7,7 +7,7 @@ typed fields, and the forwarder turns them into the upstream request in a single
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,11 @@ class RequestContext:
     request_bytes: int = 0
     response_bytes: int = 0
     upstream_seconds: float = 0.0
+    # Who the request was authenticated as (guards/auth): the token's `sub`, the API key's name
+    # or the forward-auth service's answer; the verified claims; the API key's name.
+    subject: str = ""
+    claims: Mapping[str, object] | None = None
+    api_key_name: str = ""
 
 
 def context_of(scope: Scope) -> RequestContext | None:

@@ -47,6 +47,12 @@ UPSTREAM_UNAVAILABLE = ProblemType("upstream-unavailable", 502, "Bad Gateway")
 UPSTREAM_BAD_RESPONSE = ProblemType("upstream-bad-response", 502, "Bad Gateway")
 UPSTREAM_TIMEOUT = ProblemType("upstream-timeout", 504, "Gateway Timeout")
 UPSTREAM_BUSY = ProblemType("upstream-busy", 503, "Service Unavailable")
+# Edge authentication (guards/auth): 401 and 403 carry WWW-Authenticate (RFC 6750 §3).
+UNAUTHORIZED = ProblemType("unauthorized", 401, "Unauthorized")
+INSUFFICIENT_SCOPE = ProblemType("insufficient-scope", 403, "Forbidden")
+ACCESS_DENIED = ProblemType("access-denied", 403, "Forbidden")
+ADDRESS_REFUSED = ProblemType("address-refused", 403, "Forbidden")
+AUTH_UNAVAILABLE = ProblemType("auth-unavailable", 503, "Service Unavailable")
 
 
 def render_problem(

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from guardproxy.config.auth import AuthSettings
 from guardproxy.config.base import (
     CONFIG_FILE_ENV,
     ENV_NESTED_DELIMITER,
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     concurrency: ConcurrencySettings = ConcurrencySettings()
     compression: CompressionSettings = CompressionSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []
@@ -122,6 +124,14 @@ class Settings(BaseSettings):
             for name in rule.routes:
                 if name not in known:
                     raise ValueError(f"rate_limit.rules[{rule.name}].routes: no route is named {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _route_auth(self) -> Settings:
+        self.auth.check_route(self.auth.default, "auth.default")
+        for route in self.routes:
+            if route.auth is not None:
+                self.auth.check_route(route.auth, f"routes[{route.name}].auth")
         return self
 
     @model_validator(mode="after")
@@ -219,6 +229,7 @@ __all__ = [
     "PER_CLIENT_RULE",
     "Address",
     "AdminSettings",
+    "AuthSettings",
     "BodyLimitOverride",
     "BodyLimitSettings",
     "CompressionSettings",

@@ -25,7 +25,7 @@ REDACTED = b"[REDACTED]"
 # Outcomes that are also security events: the audit trail.
 SECURITY_OUTCOMES = frozenset(
     {"refused_host", "cors_refused", "too_large", "bad_path", "shed", "rate_limited", "https_redirect_refused"}
-)
+) | {"unauthorized", "forbidden", "ip_refused", "auth_unavailable"}
 
 
 def redact_query(query: bytes, sensitive: frozenset[bytes]) -> str:
@@ -89,6 +89,7 @@ class AccessLogGuard(Guard):
             "duration_ms": int((time.perf_counter() - context.started_at) * 1_000_000) / 1000,
             "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
             "user_agent": user_agent,
+            "subject": context.subject,
         }
         self.sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         if context.outcome in SECURITY_OUTCOMES:

@@ -150,6 +150,20 @@ class ProxyMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Edge authentication: the auth guard counts its decisions and key-set fetches into these.
+        self.auth_decisions = Counter(
+            "guardproxy_auth_decisions_total",
+            "Authentication decisions by provider (a JWT provider, api_keys, forward, or none) and result "
+            "(valid, missing, expired, bad_signature, bad_audience, insufficient_scope, no_keys, ...).",
+            ["provider", "result"],
+            registry=registry,
+        )
+        self.auth_jwks_fetches = Counter(
+            "guardproxy_auth_jwks_fetches_total",
+            "JWKS fetches by provider and result: ok, not_modified or error.",
+            ["provider", "result"],
+            registry=registry,
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for reason in PROTOCOL_REFUSAL_REASONS.values():
@@ -178,6 +192,16 @@ class ProxyMetrics:
         for rule in rules:
             for decision in RATELIMIT_DECISIONS:
                 self.ratelimit_decisions.labels(rule, decision)
+
+    def declare_auth_providers(self, providers: Iterable[str], remote: Iterable[str]) -> None:
+        """Start the valid and failure series of each provider, and the fetch series of those
+        with a JWKS URL, at zero (see the comment in __init__)."""
+        for provider in providers:
+            for result in ("valid", "missing", "expired", "bad_signature", "no_keys"):
+                self.auth_decisions.labels(provider, result)
+        for provider in remote:
+            for result in ("ok", "not_modified", "error"):
+                self.auth_jwks_fetches.labels(provider, result)
 
     def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
         """Register a source of request tallies: `take()` hands over what was counted so far."""

@@ -32,6 +32,7 @@ from guardproxy.app import (
 )
 from guardproxy.asgi import ASGIApp
 from guardproxy.config import Address, ServerSettings, Settings
+from guardproxy.guards.auth.guard import AuthGuard
 from guardproxy.health import Readiness
 from guardproxy.observability.logging import configure_logging
 from guardproxy.observability.metrics import ProxyMetrics
@@ -146,6 +147,9 @@ async def serve(settings: Settings, listeners: Listeners) -> None:  # noqa: PLR0
         count_refusal=metrics.count_protocol_refusal if metrics is not None else None,
     )
     proxy_app = build_proxy_app(settings, pool, metrics, rate_limit_store)
+    for guard in proxy_app.guards:
+        if isinstance(guard, AuthGuard):
+            readiness.inform("auth", guard.report)  # JWKS state: news on /readyz, not unreadiness
     proxy = _Listener(_uvicorn_config(proxy_app, settings, protocol, tls=settings.server.tls_cert is not None))
     admin = _Listener(_uvicorn_config(build_admin_app(readiness, metrics), settings, "httptools"))
     redirect = (
