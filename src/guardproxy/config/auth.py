@@ -264,6 +264,16 @@ class RouteAuth(Section):
     # to the upstream, or remove them once they are verified.
     forward_credentials: bool = True
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `off` as false (and `on` as true).
+        if value is False:
+            return "off"
+        if value is True:
+            return "required"
+        return value
+
     @field_validator("claims_to_headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
