@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.test_metrics import scrape, value
 from tests.support.jwks import AUDIENCE, ISSUER, JwksServer, SigningKey, jwks_server, standard_claims
-from tests.support.processes import Guardproxy, echoed_headers, free_port
+from tests.support.processes import Guardproxy, echoed_headers, free_port, start_guardproxy
 
 API_KEY = "s3cr3t-api-key-for-ci-bot"
 LIMITED_KEY = "another-key-for-the-limited-bot"
@@ -193,8 +193,6 @@ routes:
 def gp(  # type: ignore[no-untyped-def]
     upstream, idp: JwksServer, forward_service: ForwardAuthService, proxy_log_dir: Path, tmp_path_factory
 ) -> Iterator[Guardproxy]:
-    from tests.support.processes import start_guardproxy  # noqa: PLC0415
-
     path = write_config(
         tmp_path_factory.mktemp("auth"),
         MAIN_CONFIG.format(issuer=ISSUER, audience=AUDIENCE, jwks_url=idp.url, forward_url=forward_service.url),

@@ -65,7 +65,7 @@ class AuthPolicy:
     api_keys: bool
     forward: bool
     scopes: frozenset[str]
-    claims: tuple[tuple[str, frozenset[object]], ...]
+    claims: tuple[tuple[str, frozenset[tuple[type, object]]], ...]
     claim_headers: tuple[tuple[str, bytes], ...]
     forward_credentials: bool
 
@@ -104,10 +104,15 @@ def header_value(value: object) -> bytes | None:
     return bytes(encoded[:_MAX_HEADER_VALUE])
 
 
-def _claim_matches(value: object, allowed: frozenset[object]) -> bool:
+def _typed(value: object) -> tuple[type, object]:
+    # With its type, so that `true` never matches 1 (True == 1 in Python).
+    return (type(value), value)
+
+
+def _claim_matches(value: object, allowed: frozenset[tuple[type, object]]) -> bool:
     if isinstance(value, list):
-        return any(isinstance(item, str | int | bool) and item in allowed for item in value)
-    return isinstance(value, str | int | bool) and value in allowed
+        return any(isinstance(item, str | int | bool) and _typed(item) in allowed for item in value)
+    return isinstance(value, str | int | bool) and _typed(value) in allowed
 
 
 def _is_preflight(scope: Scope) -> bool:
@@ -398,5 +403,5 @@ class AuthGuard(Guard):
         )
 
 
-def compile_claims(claims: Mapping[str, Sequence[Any]]) -> tuple[tuple[str, frozenset[object]], ...]:
-    return tuple((name, frozenset(values)) for name, values in claims.items())
+def compile_claims(claims: Mapping[str, Sequence[Any]]) -> tuple[tuple[str, frozenset[tuple[type, object]]], ...]:
+    return tuple((name, frozenset(_typed(value) for value in values)) for name, values in claims.items())

@@ -271,20 +271,27 @@ class RemoteKeySet:
         return self._inflight is not None or self._clock() - self._last_attempt >= self.policy.minimum
 
     async def refresh(self) -> bool:
-        """Fetch now, or join the fetch already in flight; True when the key set is usable."""
-        if self._inflight is None:
-            self._inflight = asyncio.create_task(self._fetch())
+        """Fetch now, or join the fetch already in flight; True when the key set is usable.
+        Shielded: a request that gives up waiting does not cancel the fetch others share."""
         task = self._inflight
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._inflight is task:
-                self._inflight = None
+        if task is None:
+            task = self._inflight = asyncio.create_task(self._fetch())
+            task.add_done_callback(self._fetched)
+        return await asyncio.shield(task)
+
+    def _fetched(self, task: asyncio.Task[bool]) -> None:
+        if self._inflight is task:
+            self._inflight = None
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._next_delay)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # The refresher must outlive any surprise: the last good keys stay in use.
+                log.exception("key set refresh failed unexpectedly", provider=self.provider)
+                self._next_delay = self.policy.minimum
 
     async def _fetch(self) -> bool:
         assert self._client is not None
