@@ -66,8 +66,11 @@ class ForwardAuthService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as guardproxy's pool expects
+
             def do_GET(self) -> None:
-                service.calls.append({name.lower(): value for name, value in self.headers.items()})
+                call = {name.lower(): value for name, value in self.headers.items()}
+                service.calls.append({**call, "peer-port": str(self.client_address[1])})
                 credential = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if credential == "allow":
                     self._answer(200, b"", {"X-Auth-User": "alice", "X-Auth-Groups": "admins"})
@@ -93,7 +96,11 @@ class ForwardAuthService:
             def log_message(self, *_: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return  # guardproxy hanging up on the slow answer is the point of that test
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -496,6 +503,9 @@ def test_forward_auth_allows_and_copies_headers(gp: Guardproxy, forward_service:
     assert call["x-forwarded-uri"] == "/echo/fwd/a?b=1"
     assert call["x-forwarded-for"] == "127.0.0.1"
     assert "x-request-id" in call
+    # The next call reuses the kept-alive connection.
+    echo(httpx.get(f"{gp.url}/echo/fwd/b", headers={"Authorization": "Bearer allow"}))
+    assert forward_service.calls[-1]["peer-port"] == call["peer-port"]
 
 
 def test_forward_auth_denials_are_passed_back(gp: Guardproxy) -> None:
@@ -554,3 +564,23 @@ def test_refusals_are_audited_without_the_token(gp: Guardproxy) -> None:
     events = [json.loads(line) for line in gp.log_text().splitlines() if '"security_event"' in line]
     assert any(event["kind"] == "unauthorized" and event["path"] == "/echo/private/audited" for event in events)
     assert forged not in gp.log_text()
+
+
+def test_forward_auth_cache_remembers_allowed_credentials_only(  # type: ignore[no-untyped-def]
+    start_proxy, upstream, forward_service: ForwardAuthService, tmp_path: Path
+) -> None:
+    config = f"""
+auth:
+  forward: {{url: {forward_service.url}, cache_ttl: 30, response_headers: [X-Auth-User]}}
+  default: {{providers: [forward]}}
+"""
+    gp = start_proxy(upstream.url, "--config", write_config(tmp_path, config))
+    before = len(forward_service.calls)
+    with httpx.Client() as client:
+        for _ in range(3):
+            response = client.get(f"{gp.url}/echo/x", headers={"Authorization": "Bearer allow"})
+            assert echo(response)["x-auth-user"] == ["alice"]  # copied again from the cached answer
+        assert len(forward_service.calls) == before + 1
+        for _ in range(2):
+            assert client.get(f"{gp.url}/echo/x", headers={"Authorization": "Bearer deny"}).status_code == 403
+        assert len(forward_service.calls) == before + 3
