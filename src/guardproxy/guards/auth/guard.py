@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ API_KEYS_LABEL, FORWARD_LABEL, NO_PROVIDER_LABEL = "api_keys", "forward", "none"
 # The scope key under which a decision that must wait is handed to on_request_async.
 _PENDING = "guardproxy.auth.pending"
 _MAX_HEADER_VALUE = 4096
+# Bytes a claim's header value never carries as they are: controls, non-ASCII, and `%` itself.
+_UNSAFE_IN_HEADER = re.compile(rb"[^\x20-\x24\x26-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +98,13 @@ def header_value(value: object) -> bytes | None:
         items = [header_value(item) for item in value]
         return b",".join(item.replace(b",", b"%2C") for item in items if item is not None)
     raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
-    encoded = bytearray()
-    for byte in raw:
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            encoded.append(byte)
-        else:
-            encoded += b"%%%02X" % byte
-    return bytes(encoded[:_MAX_HEADER_VALUE])
+    if _UNSAFE_IN_HEADER.search(raw) is not None:
+        raw = _UNSAFE_IN_HEADER.sub(_percent_encoded, raw)
+    return raw[:_MAX_HEADER_VALUE]
+
+
+def _percent_encoded(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match.group()[0]
 
 
 def _typed(value: object) -> tuple[type, object]:
@@ -236,32 +239,32 @@ class AuthGuard(Guard):
         self._rewrite(scope, policy, verdict.headers)
         return None
 
-    def _token(self, scope: Scope) -> str | None:
+    def _token(self, scope: Scope) -> bytes | None:
         for name, value in scope["headers"]:
             if name == self._token_header:
                 if not self._bearer:
-                    return bytes(value).strip().decode("latin-1")
+                    return bytes(value).strip()
                 scheme, _, credentials = bytes(value).strip().partition(b" ")
                 # RFC 9110 §11.1: the scheme is case-insensitive. Another scheme (Basic) is
                 # not ours: the request has no bearer token.
                 if scheme.lower() == b"bearer" and credentials.strip():
-                    return credentials.strip().decode("latin-1")
+                    return credentials.strip()
         if self._token_cookie is not None:
             for name, value in scope["headers"]:
                 if name == b"cookie":
                     for pair in bytes(value).split(b";"):
                         cookie, sep, token = pair.strip().partition(b"=")
                         if sep and cookie == self._token_cookie and token:
-                            return token.strip(b'"').decode("latin-1")
+                            return token.strip(b'"')
         if self._token_query is not None and scope["query_string"]:
             for pair in scope["query_string"].split(b"&"):
                 name, sep, token = pair.partition(b"=")
                 if sep and name == self._token_query and token:
-                    return unquote_to_bytes(token).decode("latin-1")
+                    return unquote_to_bytes(token)
         return None
 
-    def _check_token(self, scope: Scope, context: RequestContext, policy: AuthPolicy, token: str) -> Answer | None:
-        digest = hashlib.sha256(token.encode("latin-1")).digest()
+    def _check_token(self, scope: Scope, context: RequestContext, policy: AuthPolicy, raw: bytes) -> Answer | None:
+        digest = hashlib.sha256(raw).digest()
         cached = self._cache.get(digest, self._clock())
         if cached is not None:
             for verifier in policy.verifiers:
@@ -269,6 +272,7 @@ class AuthGuard(Guard):
                 # dropped the key must not leave its tokens accepted from the cache).
                 if verifier.name == cached.provider and cached.keys is verifier.keys:
                     return self._accept(scope, context, policy, cached)
+        token = raw.decode("latin-1")
         header = token_header(token)
         if header is None:
             return self._unauthorized(scope, context, policy, policy.verifiers[0].name, MALFORMED)
