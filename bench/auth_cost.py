@@ -6,13 +6,14 @@ decision for a cached token (digest, lookup, identity headers).
 
 Through processes (wrk, interleaved rounds, CPU µs per request from /proc like
 cpu_per_request.py): a static nginx upstream; guardproxy without auth; the same with auth
-configured, on a route without auth, on a route with a (cached) RS256 bearer token (and, as
+configured (same routes), on a route without auth, on a route with a (cached) RS256 bearer token (and, as
 its control, the same request to guardproxy without auth: a bearer token is ~700 header bytes
 to parse and pass on whoever checks it), and on a
 forward-auth route whose auth service is the nginx upstream (answers 200), with and without
 the positive-answer cache.
 
 Usage: python bench/auth_cost.py [--rounds 5] [--duration 4] [--connections 64] [--skip-wrk]
+       [--only WORD ...]   (e.g. --only header --only cached: the bearer case and its control)
 Needs: wrk and nginx on PATH, Linux (/proc).
 """
 
@@ -176,6 +177,13 @@ routes:
 """
 
 
+PLAIN_CONFIG = """
+routes:
+  - {name: api, path: /api/**}
+  - {name: fwd, path: /fwd/**}
+"""
+
+
 def through_processes(keys: dict[str, object], options: argparse.Namespace) -> None:
     upstream_port = free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
@@ -201,7 +209,8 @@ def through_processes(keys: dict[str, object], options: argparse.Namespace) -> N
                 processes.append(process)
                 return f"http://127.0.0.1:{port}", process.pid
 
-            plain_url, plain_pid = start("no-auth", None)
+            # The same routes without auth: route matching costs the same in both.
+            plain_url, plain_pid = start("no-auth", PLAIN_CONFIG)
             formats = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": workdir / "jwks.json", "upstream": upstream}
             auth_url, auth_pid = start("auth", CONFIG.format(**formats, cache_ttl=0))
             cached_url, cached_pid = start("auth-fwd-cache", CONFIG.format(**formats, cache_ttl=30))
@@ -211,10 +220,13 @@ def through_processes(keys: dict[str, object], options: argparse.Namespace) -> N
                 # The same request bytes as the bearer case: what the big header costs by itself.
                 Case("no auth, same header", f"{plain_url}/api/x", plain_pid, [authorization]),
                 Case("auth on, route without", f"{auth_url}/", auth_pid),
+                Case("auth on, route without, same header", f"{auth_url}/", auth_pid, [authorization]),
                 Case("RS256 bearer (cached)", f"{auth_url}/api/x", auth_pid, [authorization]),
                 Case("forward auth", f"{auth_url}/fwd/x", auth_pid, ["Authorization: Bearer opaque"]),
                 Case("forward auth, cached", f"{cached_url}/fwd/x", cached_pid, ["Authorization: Bearer opaque"]),
             ]
+            if options.only:
+                cases = [case for case in cases if any(word in case.name for word in options.only)]
             wait_for(upstream)
             for url in (plain_url, auth_url, cached_url):
                 wait_for(url + "/", timeout=60)
@@ -230,11 +242,11 @@ def through_processes(keys: dict[str, object], options: argparse.Namespace) -> N
             for process in processes:
                 process.wait(timeout=30)
     print(f"wrk -t1 -c{options.connections} -d{options.duration:g}s, {options.rounds} interleaved rounds, median")
-    print(f"{'case':<26}{'user µs':>10}{'sys µs':>10}{'total µs':>10}{'req/s':>10}")
+    print(f"{'case':<38}{'user µs':>10}{'sys µs':>10}{'total µs':>10}{'req/s':>10}")
     for case in cases:
         total = statistics.median(u + s for u, s in zip(case.user_us, case.sys_us, strict=True))
         print(
-            f"{case.name:<26}{statistics.median(case.user_us):>10.1f}{statistics.median(case.sys_us):>10.1f}"
+            f"{case.name:<38}{statistics.median(case.user_us):>10.1f}{statistics.median(case.sys_us):>10.1f}"
             f"{total:>10.1f}{statistics.median(case.rps):>10.0f}"
         )
 
@@ -245,6 +257,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip-wrk", action="store_true", help="only the in-process figures")
+    parser.add_argument("--only", action="append", default=[], help="measure only cases whose name has this word")
     options = parser.parse_args()
     keys = private_keys()
     inprocess(keys)

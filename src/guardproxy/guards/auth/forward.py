@@ -33,7 +33,6 @@ from guardproxy.proxy.transport import UpstreamRequest
 log = structlog.get_logger(component="guardproxy.auth.forward")
 
 ALLOWED, DENIED, UNAVAILABLE, CACHED = "valid", "denied", "unavailable", "valid_cached"
-FORWARD_RESULTS = (ALLOWED, DENIED, UNAVAILABLE, CACHED)
 # An auth service's own problem body is passed back up to this size; past it, ours is sent.
 MAX_PROBLEM_BYTES = 16 * 1024
 

@@ -46,7 +46,7 @@ from guardproxy.guards.auth.jwt_provider import (
 )
 from guardproxy.guards.chain import Guard
 
-# Results besides the JWT ones (jwt_provider.JWT_RESULTS), for metrics.
+# Results besides the JWT ones (jwt_provider), for metrics.
 INSUFFICIENT_SCOPE = "insufficient_scope"
 CLAIM_MISMATCH = "claim_mismatch"
 BAD_KEY = "bad_key"
@@ -184,10 +184,13 @@ class AuthGuard(Guard):
     # The synchronous decision: everything but an unknown kid's fetch and forward auth.
 
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
-        if self._strip:
+        strip = self._strip
+        if strip:
             headers = scope["headers"]
-            if any(name in self._strip for name, _ in headers):
-                scope["headers"] = [field for field in headers if field[0] not in self._strip]
+            for name, _ in headers:
+                if name in strip:
+                    scope["headers"] = [field for field in headers if field[0] not in strip]
+                    break
         policy = self._policies.get(context.route.name)
         if policy is None or _is_preflight(scope):
             return None
@@ -328,30 +331,25 @@ class AuthGuard(Guard):
         return self._unauthorized(scope, context, policy, verifier.name, result)
 
     def _accept(self, scope: Scope, context: RequestContext, policy: AuthPolicy, verified: Verified) -> Answer | None:
-        claims = verified.claims
-        missing = policy.scopes - verified.scopes
-        if missing:
-            return self._forbidden(scope, context, policy, verified.provider, INSUFFICIENT_SCOPE)
-        for name, allowed in policy.claims:
-            if not _claim_matches(claims.get(name), allowed):
-                return self._forbidden(scope, context, policy, verified.provider, CLAIM_MISMATCH)
+        decision = verified.decisions.get(id(policy))
+        if decision is None:
+            # id(): the policies live as long as this guard, which owns them.
+            decision = verified.decisions[id(policy)] = _decide(policy, verified)
+        refusal, extra = decision
+        if refusal is not None:
+            return self._forbidden(scope, context, policy, verified.provider, refusal)
         self._count(verified.provider, VALID)
         context.subject = verified.subject
-        context.claims = claims
-        extra = []
-        for claim, header in policy.claim_headers:
-            value = header_value(claims.get(claim))
-            if value is not None:
-                extra.append((header, value))
+        context.claims = verified.claims
         self._rewrite(scope, policy, extra)
         return None
 
     def _rewrite(self, scope: Scope, policy: AuthPolicy, extra: Sequence[tuple[bytes, bytes]]) -> None:
-        if policy.forward_credentials and not extra:
+        if policy.forward_credentials:
+            if extra:
+                scope["headers"].extend(extra)  # this request's own list (see on_request)
             return
-        headers: Headers = scope["headers"]
-        if not policy.forward_credentials:
-            headers = [field for field in headers if field[0] not in self._credential_headers]
+        headers = [field for field in scope["headers"] if field[0] not in self._credential_headers]
         scope["headers"] = [*headers, *extra]
 
     def _challenges(self, policy: AuthPolicy, error: str | None, description: str, scope_list: str = "") -> Headers:
@@ -405,6 +403,22 @@ class AuthGuard(Guard):
         return Answer.problem(
             scope, problem, description + ".", self._challenges(policy, "insufficient_scope", description, scope_list)
         )
+
+
+def _decide(policy: AuthPolicy, verified: Verified) -> tuple[str | None, tuple[tuple[bytes, bytes], ...]]:
+    """What a policy says about a verified token: a refusal, or the identity headers."""
+    claims = verified.claims
+    if policy.scopes - verified.scopes:
+        return INSUFFICIENT_SCOPE, ()
+    for name, allowed in policy.claims:
+        if not _claim_matches(claims.get(name), allowed):
+            return CLAIM_MISMATCH, ()
+    extra = []
+    for claim, header in policy.claim_headers:
+        value = header_value(claims.get(claim))
+        if value is not None:
+            extra.append((header, value))
+    return None, tuple(extra)
 
 
 def compile_claims(claims: Mapping[str, Sequence[Any]]) -> tuple[tuple[str, frozenset[tuple[type, object]]], ...]:

@@ -12,7 +12,7 @@ import base64
 import binascii
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -35,21 +35,6 @@ UNKNOWN_KEY = "unknown_key"
 MISSING_CLAIM = "missing_claim"
 NO_KEYS = "no_keys"
 INVALID = "invalid"
-JWT_RESULTS = (
-    VALID,
-    MISSING,
-    MALFORMED,
-    EXPIRED,
-    NOT_YET_VALID,
-    BAD_SIGNATURE,
-    BAD_AUDIENCE,
-    BAD_ISSUER,
-    BAD_ALGORITHM,
-    UNKNOWN_KEY,
-    MISSING_CLAIM,
-    NO_KEYS,
-    INVALID,
-)
 
 # What the client is told (RFC 6750 §3 error_description: printable ASCII, no quote or
 # backslash). Fixed texts only: nothing from the token is echoed back.
@@ -127,6 +112,11 @@ class Verified:
     deadline: float
     # The key set it was verified with: once that set is replaced, verify again.
     keys: KeySet
+    # Per route policy (by id): the refusal, or None and the identity headers. A cached token
+    # meets the same few policies again and again; what they decide about it never changes.
+    decisions: dict[int, tuple[str | None, tuple[tuple[bytes, bytes], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 class TokenVerifier:
