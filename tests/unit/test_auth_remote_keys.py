@@ -12,22 +12,28 @@ from tests.support.processes import free_port
 ALGORITHMS = ["RS256", "ES256"]
 
 
-def remote(url: str, fetches: list[tuple[str, str]], minimum: float = 0.2) -> RemoteKeySet:
+def remote(
+    url: str, fetches: list[tuple[str, str]], minimum: float = 0.2, clock: list[float] | None = None
+) -> RemoteKeySet:
     policy = RefreshPolicy(interval=60, minimum=minimum, maximum=600, timeout=1)
-    return RemoteKeySet("idp", url, ALGORITHMS, policy, count_fetch=lambda *labels: fetches.append(labels))
+    options = {"clock": lambda: clock[0]} if clock is not None else {}
+    return RemoteKeySet("idp", url, ALGORITHMS, policy, count_fetch=lambda *labels: fetches.append(labels), **options)
 
 
 async def test_fetch_keep_last_good_and_rate_limit() -> None:
     key = SigningKey.ec("e1")
     fetches: list[tuple[str, str]] = []
     with jwks_server(key) as idp:
-        keys = remote(idp.url, fetches, minimum=0.3)
+        now = [1000.0]
+        keys = remote(idp.url, fetches, minimum=30, clock=now)
         await keys.start()
         try:
             assert keys.keys is not None
             assert list(keys.keys.by_kid) == ["e1"]
             assert not keys.may_refresh_now()  # just fetched
-            await asyncio.sleep(0.35)
+            now[0] += 29.9
+            assert not keys.may_refresh_now()
+            now[0] += 0.2
             assert keys.may_refresh_now()
             idp.status = 503
             assert await keys.refresh() is True  # failed, but the last good keys stay
@@ -90,3 +96,21 @@ def test_claim_matchers_compare_types_too() -> None:
     assert _claim_matches(["silver", "gold"], allowed)
     assert not _claim_matches({"gold": 1}, allowed)
     assert not _claim_matches(None, allowed)
+
+
+async def test_an_unchanged_document_keeps_the_key_set_object() -> None:
+    """Cached verifications are tied to the KeySet object: a refresh that brings the same keys
+    must not send every cached token through a signature check again."""
+    key = SigningKey.ec("e1")
+    with jwks_server(key) as idp:
+        keys = remote(idp.url, [])
+        await keys.start()
+        try:
+            first = keys.keys
+            await keys.refresh()
+            assert keys.keys is first
+            idp.serve(key, SigningKey.ec("e2"))
+            await keys.refresh()
+            assert keys.keys is not first
+        finally:
+            await keys.aclose()

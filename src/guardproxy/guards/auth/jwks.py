@@ -239,6 +239,7 @@ class RemoteKeySet:
         self._inflight: asyncio.Task[bool] | None = None
         self._last_attempt = -float("inf")
         self._etag: str | None = None
+        self._document: bytes | None = None
         self._next_delay = policy.interval
         self._failures = 0
         self.last_success: float | None = None
@@ -311,13 +312,17 @@ class RemoteKeySet:
             return self._failed(f"unreachable ({exc.__class__.__name__})")
         except KeySetError as exc:
             return self._failed(str(exc))
-        if body is not None:
+        if body is not None and body == self._document and self.keys is not None:
+            # The same document: the same KeySet object, so cached verifications stay valid.
+            self._count_fetch(self.provider, "ok")
+        elif body is not None:
             try:
                 keys = parse_jwks(body, self.allowed)
             except KeySetError as exc:
                 return self._failed(str(exc))
             changed = self.keys is None or {k.kid for k in keys.keys} != {k.kid for k in self.keys.keys}
             self.keys = keys
+            self._document = body
             if changed:
                 log.info("key set loaded", provider=self.provider, keys=len(keys), kids=sorted(keys.by_kid))
             self._count_fetch(self.provider, "ok")
