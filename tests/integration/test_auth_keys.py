@@ -177,3 +177,29 @@ routes:
     assert status(gp, key.token(), "/echo/shared/x") == 401
     wrong = jwt.encode({**standard_claims(), "iss": "https://internal"}, "w" * 48, algorithm="HS256")
     assert status(gp, wrong, "/echo/shared/x") == 401
+
+
+def test_tokens_from_another_header_or_a_cookie(
+    start_proxy: Callable[..., Guardproxy], upstream, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    key = SigningKey.ec("cookie-key")
+    (tmp_path / "key.pem").write_bytes(key.public_pem())
+    config = f"""
+auth:
+  jwt:
+    token: {{header: X-Access-Token, cookie: access_token}}
+    providers:
+      - {{name: pem, issuer: {ISSUER}, audiences: [{AUDIENCE}], jwks_file: {tmp_path / "key.pem"}}}
+  default: {{mode: required, forward_credentials: false}}
+"""
+    gp = start_proxy(upstream.url, "--config", write_config(tmp_path, config))
+    token = key.token()
+    by_header = httpx.get(f"{gp.url}/echo/x", headers={"X-Access-Token": token})
+    assert by_header.status_code == 200
+    assert "x-access-token" not in {name for name, _ in by_header.json()["headers"]}
+    by_cookie = httpx.get(f"{gp.url}/echo/x", headers={"Cookie": f"theme=dark; access_token={token}; lang=en"})
+    assert by_cookie.status_code == 200
+    # Authorization: Bearer is not a source any more, and a look-alike cookie name is not the cookie.
+    assert httpx.get(f"{gp.url}/echo/x", headers=bearer(token)).status_code == 401
+    assert httpx.get(f"{gp.url}/echo/x", headers={"Cookie": f"xaccess_token={token}"}).status_code == 401
+    assert httpx.get(f"{gp.url}/echo/x", headers={"X-Access-Token": token[:-3]}).status_code == 401
