@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,3 +61,8 @@ class RequestContext:
     request_bytes: int = 0
     response_bytes: int = 0
     upstream_seconds: float = 0.0
+    # Who the request was authenticated as (guards/auth): the token's `sub`, the API key's name
+    # or the forward-auth service's answer; the verified claims; the API key's name.
+    subject: str = ""
+    claims: Mapping[str, object] | None = None
+    api_key_name: str = ""

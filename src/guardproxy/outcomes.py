@@ -36,6 +36,12 @@ class Outcome(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
 
+    # Edge authentication (guards/auth/).
+    UNAUTHORIZED = "unauthorized"  # 401: no valid credentials
+    FORBIDDEN = "forbidden"  # 403: valid credentials without the scope or claim the route needs
+    IP_REFUSED = "ip_refused"  # 403: the client address is not allowed on the route
+    AUTH_UNAVAILABLE = "auth_unavailable"  # 503: no keys, or the forward-auth service failed
+
     # Idempotency-Key (guards/idempotency.py).
     IDEMPOTENT_REPLAY = "idempotent_replay"  # the stored response was replayed, never forwarded
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # 409: the same key is still in flight
@@ -59,6 +65,10 @@ SECURITY_OUTCOMES = frozenset(
         Outcome.BAD_PATH,
         Outcome.SHED,
         Outcome.RATE_LIMITED,
+        Outcome.UNAUTHORIZED,
+        Outcome.FORBIDDEN,
+        Outcome.IP_REFUSED,
+        Outcome.AUTH_UNAVAILABLE,
     }
 )
 

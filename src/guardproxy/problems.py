@@ -54,6 +54,12 @@ IDEMPOTENCY_KEY_MALFORMED = ProblemType("idempotency-key-malformed", 400, "Bad R
 IDEMPOTENCY_CONFLICT = ProblemType("idempotency-conflict", 409, "Conflict")
 IDEMPOTENCY_MISMATCH = ProblemType("idempotency-mismatch", 422, "Unprocessable Content")
 IDEMPOTENCY_UNAVAILABLE = ProblemType("idempotency-unavailable", 503, "Service Unavailable")
+# Edge authentication (guards/auth): 401 and 403 carry WWW-Authenticate (RFC 6750 §3).
+UNAUTHORIZED = ProblemType("unauthorized", 401, "Unauthorized")
+INSUFFICIENT_SCOPE = ProblemType("insufficient-scope", 403, "Forbidden")
+ACCESS_DENIED = ProblemType("access-denied", 403, "Forbidden")
+ADDRESS_REFUSED = ProblemType("address-refused", 403, "Forbidden")
+AUTH_UNAVAILABLE = ProblemType("auth-unavailable", 503, "Service Unavailable")
 
 
 def render_problem(

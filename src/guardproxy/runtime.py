@@ -21,6 +21,7 @@ from guardproxy.config import (
     Settings,
     TimeoutOverrides,
 )
+from guardproxy.guards.auth.build import auth_guards, redacted_query_params
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.client_ip import ClientAddressGuard
@@ -267,7 +268,7 @@ def build_guards(
     guards: list[Guard] = []
     if settings.logging.access_log:
         # First, so that it sees every outcome and logs every request exactly once.
-        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
+        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=redacted_query_params(settings)))
     if metrics is not None:
         guards.append(MetricsGuard(sources=metrics))
     if settings.security_headers.enabled:
@@ -298,6 +299,10 @@ def build_guards(
     if settings.paths.refuse_traversal:
         guards.append(PathGuard())
     guards.append(BodyLimitGuard())
+    # IP lists, then authentication: after every cheap refusal (a shed or malformed request never
+    # costs a signature check), after CORS (preflights are answered without credentials), and
+    # before rate limiting, so a verified identity (claim:sub, api_key) can key a budget.
+    guards.extend(auth_guards(settings, metrics))
     rate_limit = rate_limit_guard(settings, metrics, rate_limit_store)
     if rate_limit is not None:
         # Its decision waits on a store, so the chain runs it after every cheaper check above.
@@ -320,7 +325,7 @@ def build_redirect_app(settings: Settings) -> GuardChain:
     """The plain-HTTP redirect listener: security headers, request IDs, host check, redirect."""
     guards: list[Guard] = []
     if settings.logging.access_log:
-        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=settings.logging.redact_query_params))
+        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=redacted_query_params(settings)))
     if settings.security_headers.enabled:
         guards.append(SecurityHeadersGuard.from_settings(settings.security_headers))
     guards.append(ClientAddressGuard(trusted=[]))

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from guardproxy.config.auth import AuthSettings
 from guardproxy.config.base import (
     CONFIG_FILE_ENV,
     ENV_NESTED_DELIMITER,
@@ -86,6 +87,7 @@ class Settings(BaseSettings):
     compression: CompressionSettings = CompressionSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     routes: list[RouteSettings] = []
@@ -134,6 +136,14 @@ class Settings(BaseSettings):
             if route.idempotency.enabled
         }
         check_idempotency(self.idempotency, self.rate_limit.redis_url, self.server.workers, timeouts)
+        return self
+
+    @model_validator(mode="after")
+    def _route_auth(self) -> Settings:
+        self.auth.check_route(self.auth.default, "auth.default")
+        for route in self.routes:
+            if route.auth is not None:
+                self.auth.check_route(route.auth, f"routes[{route.name}].auth")
         return self
 
     @model_validator(mode="after")
@@ -231,6 +241,7 @@ __all__ = [
     "PER_CLIENT_RULE",
     "Address",
     "AdminSettings",
+    "AuthSettings",
     "BodyLimitOverride",
     "BodyLimitSettings",
     "CompressionSettings",

@@ -14,6 +14,9 @@ from guardproxy.ratelimit.redis_url import SCHEMES, parse_host_port
 # The rule `--rate-limit N/PERIOD` creates.
 PER_CLIENT_RULE = "per-ip"
 _HEADER_KEY = re.compile(r"header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+# A verified JWT claim (auth), e.g. claim:sub; and the verified API key's name.
+_CLAIM_KEY = re.compile(r"claim:[A-Za-z0-9_.:/-]{1,64}")
+API_KEY_PART = "api_key"
 
 
 def _valid_rate(value: str) -> str:
@@ -29,7 +32,9 @@ class RateLimitRule(Section):
     # Requests admitted at once before the pace of `rate` applies; null: N.
     burst: Annotated[int, Field(ge=1)] | None = None
     # What a budget belongs to: client_ip, route, header:<Name> (a missing header counts as the
-    # client's address instead), or several of them together.
+    # client's address instead), claim:<name> (a claim of the verified JWT, e.g. claim:sub) or
+    # api_key (the verified API key's name) — without a verified identity, the client's
+    # address — or several of them together.
     key: list[str] = ["client_ip"]
     # Which requests the rule counts: route names, or a path pattern with optional methods, or
     # (all three empty) every request.
@@ -48,10 +53,14 @@ class RateLimitRule(Section):
     @classmethod
     def _key_parts(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("needs at least one of client_ip, route, header:<Name>")
+            raise ValueError("needs at least one of client_ip, route, header:<Name>, claim:<name>, api_key")
         for part in value:
-            if part not in ("client_ip", "route") and not _HEADER_KEY.fullmatch(part):
-                raise ValueError(f"unknown key part {part!r}: use client_ip, route or header:<Name>")
+            if part not in ("client_ip", "route", API_KEY_PART) and not (
+                _HEADER_KEY.fullmatch(part) or _CLAIM_KEY.fullmatch(part)
+            ):
+                raise ValueError(
+                    f"unknown key part {part!r}: use client_ip, route, header:<Name>, claim:<name> or api_key"
+                )
         return value
 
     @model_validator(mode="after")

@@ -86,6 +86,7 @@ class AccessLogGuard(Guard):
             "duration_ms": int((time.perf_counter() - context.started_at) * 1_000_000) / 1000,
             "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
             "user_agent": user_agent,
+            "subject": context.subject,
         }
         self.sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         if context.outcome in SECURITY_OUTCOMES:

@@ -205,6 +205,20 @@ class ProxyMetrics:
             ["kind"],
             registry=registry,
         )
+        # Edge authentication: the auth guard counts its decisions and key-set fetches into these.
+        self.auth_decisions = Counter(
+            "guardproxy_auth_decisions_total",
+            "Authentication decisions by provider (a JWT provider, api_keys, forward, or none) and result "
+            "(valid, missing, expired, bad_signature, bad_audience, insufficient_scope, no_keys, ...).",
+            ["provider", "result"],
+            registry=registry,
+        )
+        self.auth_jwks_fetches = Counter(
+            "guardproxy_auth_jwks_fetches_total",
+            "JWKS fetches by provider and result: ok, not_modified or error.",
+            ["provider", "result"],
+            registry=registry,
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
@@ -242,6 +256,16 @@ class ProxyMetrics:
                 self.idempotency_decisions.labels(route, decision)
             for result in results:
                 self.idempotency_responses.labels(route, result)
+
+    def declare_auth_providers(self, providers: Iterable[str], remote: Iterable[str]) -> None:
+        """Start the valid and failure series of each provider, and the fetch series of those
+        with a JWKS URL, at zero (see the comment in __init__)."""
+        for provider in providers:
+            for result in ("valid", "missing", "expired", "bad_signature", "no_keys"):
+                self.auth_decisions.labels(provider, result)
+        for provider in remote:
+            for result in ("ok", "not_modified", "error"):
+                self.auth_jwks_fetches.labels(provider, result)
 
     def sources(self) -> MetricSources:
         """A new set of per-runtime sources, flushed with every other until closed."""

@@ -25,7 +25,8 @@ class Rule:
     name: str
     rate: Rate
     enforce: bool
-    # Key parts, in order: "client_ip", "route", or a lower-case header name as bytes.
+    # Key parts, in order: "client_ip", "route", "api_key", "claim:<name>", or a lower-case
+    # header name as bytes.
     key_parts: tuple[str | bytes, ...]
     routes: frozenset[str] | None
     path: re.Pattern[str] | None
@@ -67,14 +68,31 @@ class Rule:
                 parts.append(client_key(context.client_host))
             elif part == "route":
                 parts.append(context.route.name.encode())
+            elif isinstance(part, str):
+                parts.append(_identity_key(part, context))
             else:
-                value = _header(scope, part)  # type: ignore[arg-type]
+                value = _header(scope, part)
                 # Without the header, the client's address keys it: a missing API key must not
                 # put every anonymous client into one shared budget.
                 parts.append(b"h=" + value if value is not None else b"ip=" + client_key(context.client_host))
         digest = hashlib.blake2b(b"\0".join(parts), digest_size=12)
         # The braces are a Redis Cluster hash tag: the key's slot follows rule and digest.
         return f"{prefix}{{{self.name}:{digest.hexdigest()}}}"
+
+
+def _identity_key(part: str, context: RequestContext) -> bytes:
+    """An `api_key` or `claim:<name>` part from the verified identity (guards/auth). Without
+    one, the client's address keys it, as for a missing header. A claim is keyed together with
+    its issuer: two identity providers may hand out the same `sub`."""
+    if part == "api_key":
+        if context.api_key_name:
+            return b"k=" + context.api_key_name.encode()
+    elif context.claims is not None:
+        value = context.claims.get(part.removeprefix("claim:"))
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            issuer = context.claims.get("iss")
+            return b"c=" + str(issuer).encode() + b"\0" + str(value).encode()
+    return b"ip=" + client_key(context.client_host)
 
 
 def client_key(host: str) -> bytes:

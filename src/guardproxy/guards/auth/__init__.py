@@ -1,0 +1,1 @@
+"""Edge authentication: JWT providers with JWKS, API keys, forward auth, and per-route IP lists."""
