@@ -36,9 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cpu_per_request import cpu_seconds
 from guardproxy.context import RequestContext
-from guardproxy.guards.auth.guard import AuthGuard, AuthPolicy
+from guardproxy.guards.auth.guard import AuthGuard
 from guardproxy.guards.auth.jwks import parse_jwks
 from guardproxy.guards.auth.jwt_provider import TokenVerifier, token_header
+from guardproxy.guards.auth.policy import AuthPolicy
 from guardproxy.routes import RoutePolicy
 from run import free_port, start_guardproxy, start_nginx, tools_present, wait_for
 

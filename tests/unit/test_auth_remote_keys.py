@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from guardproxy.guards.auth.guard import _claim_matches, compile_claims
 from guardproxy.guards.auth.jwks import RefreshPolicy, RemoteKeySet
+from guardproxy.guards.auth.policy import _claim_matches, compile_claims
 from tests.support.jwks import SigningKey, jwks_server
 from tests.support.processes import free_port
 

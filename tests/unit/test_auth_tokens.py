@@ -14,7 +14,6 @@ import pytest
 
 from guardproxy.guards.auth import jwt_provider as results
 from guardproxy.guards.auth.api_keys import ApiKeyError, ApiKeyStore, parse_api_keys
-from guardproxy.guards.auth.guard import header_value
 from guardproxy.guards.auth.ip_lists import AddressPolicy
 from guardproxy.guards.auth.jwks import (
     KeySet,
@@ -33,6 +32,7 @@ from guardproxy.guards.auth.jwt_provider import (
     scopes_of,
     token_header,
 )
+from guardproxy.guards.auth.policy import header_value
 from tests.support.jwks import AUDIENCE, ISSUER, SigningKey, jwks_document, standard_claims
 
 ASYMMETRIC = ["RS256", "PS256", "ES256", "EdDSA"]

@@ -8,10 +8,11 @@ from guardproxy.config import RouteSettings, Settings
 from guardproxy.config.auth import API_KEYS_PROVIDER, FORWARD_PROVIDER, AuthSettings, RouteAuth, read_secret
 from guardproxy.guards.auth.api_keys import ApiKeyStore, parse_api_keys
 from guardproxy.guards.auth.forward import ForwardAuth
-from guardproxy.guards.auth.guard import AuthGuard, AuthPolicy, compile_claims
+from guardproxy.guards.auth.guard import AuthGuard
 from guardproxy.guards.auth.ip_lists import AddressPolicy, IpListGuard
 from guardproxy.guards.auth.jwks import RefreshPolicy, RemoteKeySet, load_key_file, secret_key_set
 from guardproxy.guards.auth.jwt_provider import TokenVerifier
+from guardproxy.guards.auth.policy import AuthPolicy, compile_claims
 from guardproxy.guards.chain import Guard
 from guardproxy.observability.metrics import MetricSources
 from guardproxy.routes import DEFAULT_ROUTE_NAME
