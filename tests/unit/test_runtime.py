@@ -151,3 +151,19 @@ async def test_a_redirect_site_exists_only_with_a_redirect_listener(upstream_url
         assert reply.header(b"location") == b"https://api.example.com/login?next=1"
     finally:
         await redirecting.aclose()
+
+
+async def test_guards_readiness_checks_are_reported_on_readyz(upstream_url: str) -> None:
+    settings = Settings(
+        upstream={"url": upstream_url},
+        routes=[{"name": "orders", "path": "/orders/**", "idempotency": {"enabled": True}}],
+    )
+    runtime = Runtime(settings, lifecycle=Lifecycle(), metrics=None)
+    await runtime.start()
+    try:
+        checks = runtime.readiness.report()["checks"]
+        assert isinstance(checks, dict)
+        assert checks["idempotency_store"]["ok"] is True
+        assert runtime.readiness.ready  # informational: it never makes the proxy unready
+    finally:
+        await runtime.aclose()
