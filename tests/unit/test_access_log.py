@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import os
+import select
 import time
 
+import orjson
 import pytest
 
+from guardproxy.context import RequestContext
 from guardproxy.observability import access_log
-from guardproxy.observability.access_log import _Clock
+from guardproxy.observability.access_log import AccessLogGuard, _Clock
+from guardproxy.observability.sink import LogSink
+from guardproxy.routes import RoutePolicy
 
 
 @pytest.mark.parametrize(
@@ -32,3 +38,34 @@ def test_timestamps_follow_the_real_clock() -> None:
     stamp = _Clock().now()
     parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs(parsed.timestamp() - time.time()) < 2
+
+
+async def test_closing_the_guard_writes_the_lines_it_buffered() -> None:
+    # The chain closes its guards when a worker drains; the access lines still in the sink's
+    # buffer (well within its flush interval here) must reach the log then.
+    read_end, write_end = os.pipe()
+    try:
+        sink = LogSink(write_end, flush_interval=3600)
+        guard = AccessLogGuard(sink=sink, redact_query_params=["token"])
+        scope = {
+            "method": "GET",
+            "path": "/items",
+            "query_string": b"token=t0p&x=1",
+            "headers": [(b"user-agent", b"t/1")],
+        }
+        context = RequestContext(route=RoutePolicy("default", 5.0, 60.0, None, 1024), client_host="192.0.2.7")
+        context.request_id, context.status, context.outcome = "req-1", 429, "rate_limited"
+        guard.on_complete(scope, context)
+        assert not select.select([read_end], [], [], 0)[0]  # buffered, not written per line
+        await guard.aclose()
+        request, audit = (orjson.loads(line) for line in os.read(read_end, 1 << 16).splitlines())
+        sink.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert request["event"] == "request"
+    assert request["request_id"] == "req-1"
+    assert request["query"] == "token=[REDACTED]&x=1"
+    assert request["user_agent"] == "t/1"
+    assert audit["event"] == "security_event"
+    assert audit["kind"] == "rate_limited"

@@ -1,8 +1,9 @@
 """The access log: exactly one JSON line per request (checklist items 4, 5, 6, 42).
 
 Written by a guard's `on_complete`, so every request is logged whoever answered it: the
-upstream, a guard's refusal, a problem. Lines are built with orjson and handed to the log sink
-(no structlog pipeline per request: this is on the hot path). Requests that a guard refused for
+upstream, a guard's refusal, a problem. Lines are built with orjson and copied into the log
+sink's buffer (no structlog pipeline per request: this is on the hot path); the sink writes them
+in blocks, and the chain's close flushes it. Requests that a guard refused for
 a security reason also get an audit line of their own.
 
 Nothing secret is logged: no header values except User-Agent, and the values of sensitive
@@ -62,6 +63,11 @@ class AccessLogGuard(Guard):
         self.sink = sink
         self.sensitive = frozenset(name.lower().encode("latin-1") for name in redact_query_params)
         self.clock = _Clock()
+
+    async def aclose(self) -> None:
+        # The chain closes its guards when the worker drains: the lines still buffered go out
+        # while the event loop can still wait for a slow consumer.
+        await self.sink.aclose()
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
         user_agent = ""
