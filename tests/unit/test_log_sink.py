@@ -112,10 +112,29 @@ async def test_a_full_buffer_is_written_before_the_interval(pipe: tuple[int, int
     read_end, write_end = pipe
     sink = LogSink(write_end, buffer_size=1000, flush_interval=3600)
     sink.write(b"a" * 599 + b"\n")
+    sink.write(b"b" * 299 + b"\n")
     assert readable(read_end) == b""
-    sink.write(b"b" * 499 + b"\n")  # past 1000 bytes
-    assert readable(read_end) == b"a" * 599 + b"\n" + b"b" * 499 + b"\n"
+    sink.write(b"c" * 499 + b"\n")  # does not fit: what the buffer holds is written
+    assert readable(read_end) == b"a" * 599 + b"\n" + b"b" * 299 + b"\n"
+    sink.write(b"d" * 500)  # fills it exactly
+    assert readable(read_end) == b"c" * 499 + b"\n" + b"d" * 500
+    assert sink.pending == 0
     await sink.aclose()
+
+
+async def test_a_line_larger_than_the_buffer_is_written_whole(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    reader = Reader(read_end)
+    reader.start()
+    sink = LogSink(write_end, buffer_size=1000, flush_interval=3600)
+    lines = [b"small\n", b"L" * 2999 + b"\n", b"after\n"]
+    for line in lines:
+        sink.write(line)
+    await sink.aclose()
+    sink.close()
+    os.close(write_end)
+    assert reader.text() == b"".join(lines)
+    assert sink.dropped == 0
 
 
 async def test_flush_writes_what_waits_now_in_order(pipe: tuple[int, int]) -> None:

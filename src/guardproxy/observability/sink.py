@@ -126,10 +126,13 @@ class LogSink:
         self._threshold = buffer_size
         self._max_buffer = max(max_buffer, buffer_size)
         self._interval = flush_interval
-        # Allocated once: lines are copied in at `_end` and written from `_start`; the buffer
-        # grows only for a line that does not fit and never shrinks, so it stops allocating
-        # once it has seen its largest batch.
+        # Allocated once: lines are copied in at `_end` and written from `_start`, through a
+        # memoryview, because assigning bytes to a bytearray slice copies them into a temporary
+        # bytearray first. It grows only when a consumer falls behind (up to max_buffer) or for
+        # a line larger than itself, and never shrinks.
         self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+        self._room = buffer_size
         self._start = 0
         self._end = 0
         self._lock = threading.Lock()
@@ -144,22 +147,24 @@ class LogSink:
         return self._end - self._start
 
     def write(self, line: bytes) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: that makes two bound methods per line
+        try:
             end = self._end + len(line)
-            if end - self._start > self._max_buffer:
-                self.dropped += 1
-                return
-            if end > len(self._buffer) and self._start:
-                self._compact()
-                end = self._end + len(line)
-            self._buffer[self._end : end] = line
+            if end > self._room:
+                end = self._make_room(len(line))
+                if end < 0:
+                    return
+            self._view[self._end : end] = line
             self._end = end
-            if self._watching is not None:
-                return  # the consumer is behind: the loop writes when it can take more
             if end - self._start >= self._threshold:
-                self._write_locked()
-            elif self._timer is None or self._timer_loop is None or self._timer_loop.is_closed():
+                if self._watching is None:  # else the consumer is behind: the loop writes when it can
+                    self._write_locked()
+                    self._forget_stale_timer()
+            elif self._timer is None and self._watching is None:
                 self._arm()
+        finally:
+            lock.release()
 
     def flush(self) -> None:
         """Write what is buffered now, as far as the consumer takes it without waiting.
@@ -205,29 +210,43 @@ class LogSink:
             output.release()
 
     def _write_locked(self, *, watch: bool = True) -> None:
-        output, buffer, start, end = self._output, self._buffer, self._start, self._end
-        with memoryview(buffer) as view:
-            while start < end:
-                stop = end if end - start <= output.block else _cut(buffer, start, end, output.block)
-                try:
-                    start += output.write(view[start:stop])
-                except BlockingIOError:
-                    self._start = start
-                    if watch:
-                        self._watch()
-                    return
-                except OSError:
-                    # The consumer is gone (EPIPE), the descriptor closed, the disk full: what
-                    # is buffered cannot be written, and is counted; a later line may be.
-                    self.dropped += buffer.count(b"\n", start, end)
-                    break
+        output, buffer, view, start, end = self._output, self._buffer, self._view, self._start, self._end
+        while start < end:
+            stop = end if end - start <= output.block else _cut(buffer, start, end, output.block)
+            try:
+                start += output.write(view[start:stop])
+            except BlockingIOError:
+                self._start = start
+                if watch:
+                    self._watch()
+                return
+            except OSError:
+                # The consumer is gone (EPIPE), the descriptor closed, the disk full: what is
+                # buffered cannot be written, and is counted; a later line may be.
+                self.dropped += buffer.count(b"\n", start, end)
+                break
         self._start = self._end = 0
 
-    def _compact(self) -> None:
-        # Only after the consumer fell behind: move what is left to the front instead of growing.
+    def _make_room(self, size: int) -> int:
+        """Where a line of `size` bytes will end once there is room for it, or -1 when it is
+        dropped. The buffer is full: write it, and if the consumer is behind, make room."""
+        if self._watching is None and self._end:
+            self._write_locked()
+            self._forget_stale_timer()
         pending = self._end - self._start
-        self._buffer[:pending] = self._buffer[self._start : self._end]
-        self._start, self._end = 0, pending
+        if pending + size > self._max_buffer:
+            self.dropped += 1
+            return -1
+        if self._start:  # move what is left to the front (memoryview copies overlap safely)
+            self._view[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        if pending + size > len(self._buffer):
+            # A new buffer rather than a resized one: slices of the old view may still exist.
+            grown = bytearray(min(max(pending + size, 2 * len(self._buffer)), self._max_buffer))
+            grown[:pending] = self._view[:pending]
+            self._buffer, self._view = grown, memoryview(grown)
+            self._room = len(grown)
+        return pending + size
 
     def _arm(self) -> None:
         try:
@@ -239,6 +258,12 @@ class LogSink:
             return
         self._timer = loop.call_later(self._interval, self._on_timer)
         self._timer_loop = loop
+
+    def _forget_stale_timer(self) -> None:
+        # A timer whose event loop was closed without aclose() would never fire: checked once
+        # per block rather than per line.
+        if self._timer_loop is not None and self._timer_loop.is_closed():
+            self._timer = self._timer_loop = None
 
     def _on_timer(self) -> None:
         with self._lock:
