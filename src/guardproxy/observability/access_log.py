@@ -22,6 +22,8 @@ from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.observability.sink import LogSink
 
+_dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 REDACTED = b"[REDACTED]"
 # Outcomes that are also security events: the audit trail.
 SECURITY_OUTCOMES = frozenset(
@@ -61,6 +63,7 @@ class _Clock:
 class AccessLogGuard(Guard):
     def __init__(self, *, sink: LogSink, redact_query_params: Iterable[str]) -> None:
         self.sink = sink
+        self._write = sink.write  # bound once: this runs for every request
         self.sensitive = frozenset(name.lower().encode("latin-1") for name in redact_query_params)
         self.clock = _Clock()
 
@@ -75,6 +78,7 @@ class AccessLogGuard(Guard):
             if name == b"user-agent":
                 user_agent = value.decode("latin-1")
                 break
+        query = scope["query_string"]
         timestamp = self.clock.now()
         record = {
             "timestamp": timestamp,
@@ -86,7 +90,7 @@ class AccessLogGuard(Guard):
             "method": scope["method"],
             "route": context.route.name,
             "path": scope["path"],
-            "query": redact_query(scope["query_string"], self.sensitive),
+            "query": redact_query(query, self.sensitive) if query else "",
             "status": context.status,
             "outcome": context.outcome,
             "request_bytes": context.request_bytes,
@@ -96,9 +100,9 @@ class AccessLogGuard(Guard):
             "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
             "user_agent": user_agent,
         }
-        self.sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._write(_dumps(record, option=_NEWLINE))
         if context.outcome in SECURITY_OUTCOMES:
-            self.sink.write(
+            self._write(
                 orjson.dumps(
                     {
                         "timestamp": timestamp,
