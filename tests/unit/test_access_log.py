@@ -34,6 +34,14 @@ def test_timestamps_are_iso_8601_utc_with_microseconds(monkeypatch: pytest.Monke
     assert clock.now() == expected
 
 
+def test_a_clock_stepped_back_gets_its_own_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(access_log.time, "time_ns", lambda: 1_795_000_001_250_000_000)
+    assert clock.now() == "2026-11-18T11:06:41.250000Z"
+    monkeypatch.setattr(access_log.time, "time_ns", lambda: 1_795_000_000_750_000_000)  # NTP stepped back
+    assert clock.now() == "2026-11-18T11:06:40.750000Z"
+
+
 def test_timestamps_follow_the_real_clock() -> None:
     stamp = _Clock().now()
     parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))

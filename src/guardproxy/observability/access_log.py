@@ -48,16 +48,21 @@ class _Clock:
     """ISO 8601 UTC timestamps; the formatting of the seconds part is cached per second."""
 
     def __init__(self) -> None:
-        self._second = -1
+        self._second_ns = 0  # the cached second, in ns since the epoch
+        self._next_ns = 0  # where the next second begins: the cached prefix is stale from there
         self._prefix = ""
 
     def now(self) -> str:
-        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
-        if second != self._second:
-            self._second = second
+        ns = time.time_ns()
+        # Comparisons and one subtraction, not a division of the 61-bit nanosecond count per
+        # request (a clock stepped back also recomputes, so the fraction is never negative).
+        if ns >= self._next_ns or ns < self._second_ns:
+            second = ns // 1_000_000_000
+            self._second_ns = second * 1_000_000_000
+            self._next_ns = self._second_ns + 1_000_000_000
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         # Zero-padded to six digits; about a third cheaper than a format spec, per request.
-        return self._prefix + str(1_000_000 + micros)[1:] + "Z"
+        return self._prefix + str(1_000_000 + (ns - self._second_ns) // 1000)[1:] + "Z"
 
 
 class AccessLogGuard(Guard):
@@ -85,7 +90,7 @@ class AccessLogGuard(Guard):
             "level": "info",
             "event": "request",
             "request_id": context.request_id,
-            "trace_id": context.traceparent[3:35].decode("ascii"),
+            "trace_id": context.traceparent[3:35].decode(),  # hex digits; the default codec is the fast one
             "client": context.client_host,
             "method": scope["method"],
             "route": context.route.name,
