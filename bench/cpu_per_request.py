@@ -2,30 +2,35 @@
 
 Each guardproxy instance sits in front of a static nginx upstream. For every round, wrk runs at a
 fixed concurrency against each instance in turn (interleaved, like run.py), and the process's
-user and system CPU time (/proc/PID/stat utime and stime) before and after are divided by the
-requests wrk completed. The report is the median round per instance. A lower figure is a
-cheaper request whatever else the machine is doing; req/s is printed only as a sanity check.
+user and system CPU time and minor page faults (/proc/PID/stat utime, stime, minflt) before and
+after are divided by the requests wrk completed. The report is the median round per instance. A
+lower figure is a cheaper request whatever else the machine is doing; req/s is printed only as a
+sanity check.
 
 Usage: python bench/cpu_per_request.py [--rounds 5] [--duration 4] [--connections 64]
        [--variant 'NAME:GUARDPROXY_X=1,PYTHONPATH=/other/checkout/src' ...]
+       [--log-pipe]   guardproxy's stdout is a pipe (emptied by cat), as under Docker
+       [--strace]     one more round per instance under `strace -c -f`: system calls per request
+                      (strace slows the process down: those figures are counts, not times)
 The first instance runs with the defaults; each --variant adds one (same syntax as run.py).
-Needs: wrk and nginx on PATH, Linux (/proc).
+Needs: wrk and nginx on PATH, Linux (/proc); strace for --strace.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
+import signal
 import statistics
 import subprocess
 import tempfile
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procstat import tree, usage
 from run import free_port, parse_variant, start_guardproxy, start_nginx, tools_present, wait_for
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -35,15 +40,9 @@ class Instance:
     pid: int
     user_us: list[float] = field(default_factory=list)
     sys_us: list[float] = field(default_factory=list)
+    faults: list[float] = field(default_factory=list)
     rps: list[float] = field(default_factory=list)
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU time of a process so far. The command name (field 2) may contain
-    spaces, so fields are counted from after its closing parenthesis."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+    syscalls: Counter[str] = field(default_factory=Counter)  # per request, from the strace round
 
 
 def run_wrk(url: str, duration: float, connections: int) -> tuple[int, float]:
@@ -58,12 +57,31 @@ def run_wrk(url: str, duration: float, connections: int) -> tuple[int, float]:
 
 
 def measure(instance: Instance, duration: float, connections: int) -> None:
-    user_before, sys_before = cpu_seconds(instance.pid)
+    pids = tree(instance.pid)
+    before = usage(pids)
     requests, rps = run_wrk(instance.url, duration, connections)
-    user_after, sys_after = cpu_seconds(instance.pid)
-    instance.user_us.append((user_after - user_before) * 1e6 / requests)
-    instance.sys_us.append((sys_after - sys_before) * 1e6 / requests)
+    spent = usage(pids) - before
+    instance.user_us.append(spent.user * 1e6 / requests)
+    instance.sys_us.append(spent.system * 1e6 / requests)
+    instance.faults.append(spent.minor_faults / requests)
     instance.rps.append(rps)
+
+
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", re.M)
+
+
+def count_syscalls(instance: Instance, duration: float, connections: int, workdir: Path) -> None:
+    """System calls per request, over one wrk run with strace attached to the whole process."""
+    output = workdir / f"strace-{instance.pid}.txt"
+    tracer = subprocess.Popen(
+        ["strace", "-c", "-f", "-o", str(output), "-p", str(instance.pid)], stderr=subprocess.DEVNULL
+    )
+    time.sleep(0.5)  # attached
+    requests, _ = run_wrk(instance.url, duration, connections)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    for calls, name in _STRACE_ROW.findall(output.read_text()):
+        instance.syscalls[name] = int(calls) / requests
 
 
 def parse_options() -> argparse.Namespace:
@@ -74,6 +92,8 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--path", default="/")
     parser.add_argument("--skip-defaults", action="store_true", help="measure only the --variant instances")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE,...")
+    parser.add_argument("--log-pipe", action="store_true", help="guardproxy's stdout is a pipe, not a file")
+    parser.add_argument("--strace", action="store_true", help="count system calls per request in one more round")
     return parser.parse_args()
 
 
@@ -95,7 +115,8 @@ def main() -> int:
             processes.append(start_nginx("nginx-upstream.conf", workdir, "upstream", upstream_port=upstream_port))
             for name, env in specs:
                 port = free_port()
-                process = start_guardproxy(upstream, port, free_port(), env, workdir / f"gp-{port}.log")
+                log = workdir / f"gp-{port}.log"
+                process = start_guardproxy(upstream, port, free_port(), env, log, log_pipe=options.log_pipe)
                 processes.append(process)
                 instances.append(Instance(name, f"http://127.0.0.1:{port}{options.path}", process.pid))
             wait_for(upstream)
@@ -105,20 +126,41 @@ def main() -> int:
             for _ in range(options.rounds):
                 for instance in instances:
                     measure(instance, options.duration, options.connections)
+            if options.strace:
+                for instance in instances:
+                    count_syscalls(instance, options.duration, options.connections, workdir)
         finally:
             for process in processes:
                 process.terminate()
             for process in processes:
                 process.wait(timeout=30)
 
+    report(options, instances)
+    return 0
+
+
+def report(options: argparse.Namespace, instances: list[Instance]) -> None:
     print(f"wrk -t1 -c{options.connections} -d{options.duration:g}s, {options.rounds} interleaved rounds, median")
-    print(f"{'guardproxy':<24}{'user µs':>10}{'sys µs':>10}{'total µs':>10}{'req/s':>10}")
+    print(f"{'guardproxy':<24}{'user µs':>10}{'sys µs':>10}{'total µs':>10}{'faults':>10}{'req/s':>10}")
     for instance in instances:
         user = statistics.median(instance.user_us)
         system = statistics.median(instance.sys_us)
         total = statistics.median(u + s for u, s in zip(instance.user_us, instance.sys_us, strict=True))
-        print(f"{instance.name:<24}{user:>10.1f}{system:>10.1f}{total:>10.1f}{statistics.median(instance.rps):>10.0f}")
-    return 0
+        faults = statistics.median(instance.faults)
+        rps = statistics.median(instance.rps)
+        print(f"{instance.name:<24}{user:>10.1f}{system:>10.1f}{total:>10.1f}{faults:>10.3f}{rps:>10.0f}")
+    print("(faults: minor page faults per request; every round's total µs:", end="")
+    for instance in instances:
+        rounds = ", ".join(f"{u + s:.0f}" for u, s in zip(instance.user_us, instance.sys_us, strict=True))
+        print(f" {instance.name} [{rounds}]", end="")
+    print(")")
+    if options.strace:
+        names = sorted({name for instance in instances for name in instance.syscalls})
+        print("system calls per request (strace -c -f, one round):")
+        print(f"{'syscall':<24}" + "".join(f"{instance.name[:14]:>16}" for instance in instances))
+        for name in sorted(names, key=lambda n: -max(i.syscalls[n] for i in instances)):
+            if max(instance.syscalls[name] for instance in instances) >= 0.001:
+                print(f"{name:<24}" + "".join(f"{instance.syscalls[name]:>16.3f}" for instance in instances))
 
 
 if __name__ == "__main__":

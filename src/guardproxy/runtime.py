@@ -21,6 +21,7 @@ from guardproxy.config import (
     Settings,
     TimeoutOverrides,
 )
+from guardproxy.guards.access_log import AccessLogGuard
 from guardproxy.guards.auth.build import auth_guards, redacted_query_params
 from guardproxy.guards.body_limit import BodyLimitGuard
 from guardproxy.guards.chain import Guard, GuardChain
@@ -42,7 +43,6 @@ from guardproxy.health import Readiness
 from guardproxy.idempotency.ledger import Ledger
 from guardproxy.idempotency.redis_store import RedisIdempotencyStore
 from guardproxy.idempotency.store import IdempotencyStore, MemoryIdempotencyStore
-from guardproxy.observability.access_log import AccessLogGuard
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricSources, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
