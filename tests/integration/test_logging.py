@@ -273,7 +273,7 @@ def guardproxy_on_a_pipe(
         "--admin-listen", f"127.0.0.1:{admin_port}", *args,
     ]  # fmt: skip
     env = {**os.environ, "GUARDPROXY_SERVER__DRAIN_DELAY": "0"}
-    process = subprocess.Popen(command, stdout=write_end, stderr=write_end, env=env)
+    process = subprocess.Popen(command, stdout=write_end, stderr=write_end, env=env, start_new_session=True)
     os.close(write_end)
     gp = Guardproxy(port, admin_port, process, Path(os.devnull), command)
     try:

@@ -106,7 +106,10 @@ class Guardproxy:
         """SIGKILL for guardproxy and its workers: a killed supervisor cannot stop them, and
         orphaned workers would keep serving (and taking CPU) for the rest of the run."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+            if os.getpgid(self.process.pid) == self.process.pid:  # started in a session of its own
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
 
 
 def start_guardproxy(
