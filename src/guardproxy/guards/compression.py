@@ -6,7 +6,13 @@ never to a response that is already encoded, asks for no-transform, is partial (
 answers a HEAD. The rules other proxies broke, kept here:
 - a stream is never held back: without a known length (server-sent events, chunked downloads)
   every upstream chunk is compressed and flushed as it arrives;
+- without a known length the first body chunk decides, never a later one: a body that ends
+  within it below `min_size` goes out as it is (40 bytes must not become 55 of gzip), with the
+  Content-Length that is now known; anything else is compressed from that chunk on. The head
+  costs no wait for it: the server sends a response head together with its first chunk anyway;
 - a compressed response loses Content-Length, and a strong ETag becomes weak (its bytes changed);
+  a 304 answering a client that holds the weak twin of its strong ETag says the weak one too, so
+  the client's cache recognises the stored response it refreshes (RFC 9111 §4.3.4);
 - `Vary: Accept-Encoding` is merged into the upstream's Vary on every response that could have
   been compressed, so no cache hands a compressed body to a client that did not ask for one;
 - large chunks are compressed in slices, yielding to the event loop between them.
@@ -18,6 +24,7 @@ import asyncio
 import re
 import zlib
 from collections.abc import Awaitable, Sequence
+from enum import Enum
 from typing import Protocol
 
 import brotli
@@ -113,6 +120,16 @@ def media_type_matcher(patterns: Sequence[str]) -> re.Pattern[str]:
     return re.compile("(?:" + "|".join(alternatives) + r")\Z")
 
 
+class Eligibility(Enum):
+    NO = "no"
+    # A known length of at least min_size: compressed whole.
+    YES = "yes"
+    # Server-sent events: compressed and flushed chunk by chunk, from the head on.
+    STREAM = "stream"
+    # Length unknown: the first body chunk decides, and a stream is flushed chunk by chunk.
+    FIRST_CHUNK_DECIDES = "first_chunk_decides"
+
+
 class CompressionGuard(Guard):
     def __init__(
         self,
@@ -155,15 +172,18 @@ class CompressionGuard(Guard):
         if scope["method"] == "HEAD":
             return send
         accept = ""
+        validators = b""
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
                 accept = value.decode("latin-1") if not accept else accept + "," + value.decode("latin-1")
-        return _CompressingSend(self, send, accept)
+            elif name == b"if-none-match":
+                validators = value if not validators else validators + b"," + value
+        return _CompressingSend(self, send, accept, validators)
 
-    def eligible(self, status: int, headers: Headers) -> tuple[bool, bool]:
-        """Whether a response may be compressed, and whether it is a stream (length unknown)."""
+    def eligible(self, status: int, headers: Headers) -> Eligibility:
+        """Whether a response may be compressed, and how its body is to be treated."""
         if status < 200 or status in (204, 206, 304):
-            return False, False
+            return Eligibility.NO
         content_type = b""
         length: int | None = None
         for name, value in headers:
@@ -178,7 +198,7 @@ class CompressionGuard(Guard):
                 or name == b"content-range"
                 or (name == b"cache-control" and b"no-transform" in value.lower())
             ):
-                return False, False
+                return Eligibility.NO
         decision = self._media_types.get(content_type)
         if decision is None:
             decision = self._media_type_decision(content_type)
@@ -186,10 +206,12 @@ class CompressionGuard(Guard):
                 self._media_types[content_type] = decision
         compressible, event_stream = decision
         if not compressible:
-            return False, False
-        if length is not None and length < self.min_size:
-            return False, False
-        return True, length is None or event_stream
+            return Eligibility.NO
+        if event_stream:
+            return Eligibility.STREAM
+        if length is None:
+            return Eligibility.FIRST_CHUNK_DECIDES
+        return Eligibility.YES if length >= self.min_size else Eligibility.NO
 
     def _media_type_decision(self, content_type: bytes) -> tuple[bool, bool]:
         media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
@@ -198,59 +220,122 @@ class CompressionGuard(Guard):
 
 
 class _CompressingSend:
-    """Per-request state: decides at the response head, then transforms each body message."""
+    """Per-request state: decides at the response head (or, when the length is unknown, at the
+    first body chunk), then transforms each body message."""
 
-    __slots__ = ("_accept", "_encoder", "_guard", "_send", "_stream")
+    __slots__ = ("_accept", "_coding", "_encoder", "_guard", "_held", "_send", "_stream", "_validators")
 
-    def __init__(self, guard: CompressionGuard, send: Send, accept: str) -> None:
+    def __init__(self, guard: CompressionGuard, send: Send, accept: str, validators: bytes) -> None:
         self._guard = guard
         self._send = send
         self._accept = accept
+        self._validators = validators
+        self._coding = ""
         self._encoder: Encoder | None = None
         self._stream = False
+        # A response head of unknown length, held until its first body chunk decides.
+        self._held: Message | None = None
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the awaitable: a response left uncompressed (most of
         # them) costs no coroutine here per message.
         if message["type"] == "http.response.start":
-            self._start(message)
+            if self._start(message):
+                return _nothing()  # held: the first body chunk sends it
+        elif self._held is not None and message["type"] == "http.response.body":
+            return self._decide(message)
         elif self._encoder is not None and message["type"] == "http.response.body":
             return self._body(message)
         return self._send(message)
 
-    def _start(self, message: Message) -> None:
+    def _start(self, message: Message) -> bool:
+        """Decide what the head allows; True when the head is held for the first chunk."""
         headers: Headers = message["headers"]
-        eligible, stream = self._guard.eligible(message["status"], headers)
-        if not eligible:
-            return
+        status: int = message["status"]
+        eligibility = self._guard.eligible(status, headers)
+        if eligibility is Eligibility.NO:
+            if status == 304 and self._validators:
+                _weaken_refreshed_etag(headers, self._validators)
+            return False
         merge_vary(headers, b"accept-encoding")
         coding = negotiate(self._accept, self._guard.algorithms) if self._accept else None
         if coding is None:
-            return
-        kept: Headers = []
-        for name, value in headers:
-            if name in (b"content-length", b"content-encoding"):
-                continue
-            # The bytes change: a strong validator becomes weak (same representation, not bytes).
-            kept.append((name, b"W/" + value if name == b"etag" and value.startswith(b'"') else value))
-        kept.append((b"content-encoding", coding.encode("ascii")))
-        message["headers"] = kept
+            return False
+        self._coding = coding
         self._encoder = self._guard.encoder(coding)
-        self._stream = stream
+        self._stream = eligibility is not Eligibility.YES
+        if eligibility is Eligibility.FIRST_CHUNK_DECIDES:
+            self._held = message
+            return True
+        message["headers"] = _encoded_head(headers, coding)
+        return False
 
-    async def _body(self, message: Message) -> None:
-        assert self._encoder is not None
+    async def _decide(self, message: Message) -> None:
+        """The first body chunk of a response of unknown length: small and complete goes out as
+        it is, with its length; anything else is compressed, streaming if more is to come."""
+        start, self._held = self._held, None
+        assert start is not None
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
+        if not more_body and len(body) < self._guard.min_size:
+            self._encoder = None
+            start["headers"].append((b"content-length", b"%d" % len(body)))
+            await self._send(start)
+            await self._send(message)
+            return
+        start["headers"] = _encoded_head(start["headers"], self._coding)
+        if more_body:
+            await self._send(start)
+            await self._body(message)
+            return
+        # Complete in one chunk: compressed whole, so its length is known as well.
+        data = await self._compressed(body, finish=True)
+        start["headers"].append((b"content-length", b"%d" % len(data)))
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def _body(self, message: Message) -> None:
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        data = await self._compressed(body, finish=not more_body)
+        if data or not more_body:
+            await self._send({"type": "http.response.body", "body": data, "more_body": more_body})
+
+    async def _compressed(self, body: bytes, *, finish: bool) -> bytes:
+        encoder = self._encoder
+        assert encoder is not None
         out = []
         for start in range(0, len(body), _SLICE):
             if start:
                 await asyncio.sleep(0)  # let other requests run between slices of a large chunk
-            out.append(self._encoder.compress(body[start : start + _SLICE], flush=False))
-        if not more_body:
-            out.append(self._encoder.finish())
+            out.append(encoder.compress(body[start : start + _SLICE], flush=False))
+        if finish:
+            out.append(encoder.finish())
         elif self._stream:
-            out.append(self._encoder.compress(b"", flush=True))
-        data = b"".join(out)
-        if data or not more_body:
-            await self._send({"type": "http.response.body", "body": data, "more_body": more_body})
+            out.append(encoder.compress(b"", flush=True))
+        return b"".join(out)
+
+
+def _encoded_head(headers: Headers, coding: str) -> Headers:
+    kept: Headers = []
+    for name, value in headers:
+        if name in (b"content-length", b"content-encoding"):
+            continue
+        # The bytes change: a strong validator becomes weak (same representation, not bytes).
+        kept.append((name, b"W/" + value if name == b"etag" and value.startswith(b'"') else value))
+    kept.append((b"content-encoding", coding.encode("ascii")))
+    return kept
+
+
+def _weaken_refreshed_etag(headers: Headers, validators: bytes) -> None:
+    """A 304 refreshes what the client stored. If the client asked with W/"x" (the validator a
+    compressed 200 carried) and the upstream answers with "x", say W/"x": a cache matches the 304
+    to its stored response by that validator (RFC 9111 §4.3.4)."""
+    held = {token.strip() for token in validators.split(b",")}
+    for index, (name, value) in enumerate(headers):
+        if name == b"etag" and value.startswith(b'"') and b"W/" + value in held:
+            headers[index] = (name, b"W/" + value)
+
+
+async def _nothing() -> None:
+    return None
