@@ -5,6 +5,12 @@ Project): nothing may be framed, embedded, submitted or loaded from a response. 
 loosens it for services that serve their own HTML. HSTS goes only on responses to requests that
 arrived over HTTPS: sent over plain HTTP it is ignored at best and, behind a TLS-terminating
 proxy that guardproxy cannot see, a lie.
+
+Cache-Control is a default, not a policy: added only to a response that has none (the
+upstream's own is never replaced), per route, and never to a 304, whose fields update what a
+cache stored (RFC 9111 §4.3.4: an added `no-store` would rewrite the stored 200's policy). The
+`api` preset's default is `no-store`: without any Cache-Control a shared cache may store an API
+response for a heuristic lifetime of its own choosing (RFC 9111 §4.2.2).
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ PRESETS: dict[str, dict[str, str]] = {
         "referrer-policy": "no-referrer",
         "cross-origin-resource-policy": "same-origin",
         "permissions-policy": _PERMISSIONS,
+        # The OWASP Secure Headers Project marks X-XSS-Protection deprecated (the auditors it
+        # switches on have themselves been a source of client-side flaws) and recommends sending
+        # `X-XSS-Protection: 0` to keep legacy browsers' XSS auditors off, with CSP instead
+        # (https://owasp.org/www-project-secure-headers/, Response Headers, X-XSS-Protection).
+        # The OWASP HTTP Headers Cheat Sheet agrees: CSP, and the header unset or turned off
+        # (https://cheatsheetseries.owasp.org/cheatsheets/HTTP_Headers_Cheat_Sheet.html#x-xss-protection).
+        "x-xss-protection": "0",
     },
     "web": {
         "content-security-policy": (
@@ -45,6 +58,8 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 HSTS = b"strict-transport-security"
+CACHE_CONTROL = b"cache-control"
+_NOT_MODIFIED = 304
 
 
 def hsts_value(max_age: int, *, include_subdomains: bool, preload: bool) -> bytes:
@@ -66,6 +81,8 @@ class SecurityHeadersGuard(Guard):
         upstream_wins: bool,
         remove: Iterable[str],
         hsts: bytes | None,
+        cache_control: str | None = None,
+        cache_control_by_route: Mapping[str, str | None] | None = None,
     ) -> None:
         fields = {**PRESETS[preset], **{name.lower(): value for name, value in set_headers.items()}}
         for name in drop:
@@ -75,9 +92,16 @@ class SecurityHeadersGuard(Guard):
         self._remove = frozenset(name.lower().encode("latin-1") for name in remove)
         self._upstream_wins = upstream_wins
         self._hsts = hsts
+        # The default for responses without Cache-Control, and the routes that differ from it.
+        self._cache_control = cache_control.encode("ascii") if cache_control else None
+        self._cache_control_by_route = {
+            route: value.encode("ascii") if value else None for route, value in (cache_control_by_route or {}).items()
+        }
 
     @classmethod
-    def from_settings(cls, settings: SecurityHeadersSettings) -> SecurityHeadersGuard:
+    def from_settings(
+        cls, settings: SecurityHeadersSettings, cache_control_by_route: Mapping[str, str | None] | None = None
+    ) -> SecurityHeadersGuard:
         hsts = settings.hsts
         return cls(
             preset=settings.preset,
@@ -88,11 +112,14 @@ class SecurityHeadersGuard(Guard):
             hsts=hsts_value(hsts.max_age, include_subdomains=hsts.include_subdomains, preload=hsts.preload)
             if hsts.enabled
             else None,
+            cache_control=settings.cache_control,
+            cache_control_by_route=cache_control_by_route,
         )
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
         kept: Headers = []
         upstream_set: set[bytes] = set()
+        has_cache_control = False
         for field in headers:
             name = field[0]
             if name in self._remove:
@@ -101,8 +128,18 @@ class SecurityHeadersGuard(Guard):
                 if not self._upstream_wins:
                     continue
                 upstream_set.add(name)
+            elif name == CACHE_CONTROL:
+                has_cache_control = True
             kept.append(field)
         kept += [field for field in self._fields if field[0] not in upstream_set] if upstream_set else self._fields
+        if not has_cache_control and context.status != _NOT_MODIFIED:
+            cache_control = (
+                self._cache_control_by_route.get(context.route.name, self._cache_control)
+                if self._cache_control_by_route
+                else self._cache_control
+            )
+            if cache_control is not None:
+                kept.append((CACHE_CONTROL, cache_control))
         if context.scheme == "https":
             if self._hsts is not None and HSTS not in upstream_set:
                 kept.append((HSTS, self._hsts))
