@@ -183,6 +183,13 @@ class ProxyMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # Deprecated routes: the deprecation guard counts every request to one.
+        self.deprecated_requests = Counter(
+            "guardproxy_deprecated_requests_total",
+            "Requests to routes with a deprecation or sunset date, by route: who still calls them.",
+            ["route"],
+            registry=registry,
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
@@ -208,6 +215,11 @@ class ProxyMetrics:
         for rule in rules:
             for decision in RATELIMIT_DECISIONS:
                 self.ratelimit_decisions.labels(rule, decision)
+
+    def declare_deprecated_routes(self, routes: Iterable[str]) -> None:
+        """Start each deprecated route's series at zero (see the comment in __init__)."""
+        for route in routes:
+            self.deprecated_requests.labels(route)
 
     def sources(self) -> MetricSources:
         """A new set of per-runtime sources, flushed with every other until closed."""
