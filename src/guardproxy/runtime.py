@@ -27,6 +27,7 @@ from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
+from guardproxy.guards.deprecation import DeprecationGuard, route_lifecycles
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
 from guardproxy.guards.metrics import MetricsGuard
@@ -34,6 +35,7 @@ from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard
+from guardproxy.guards.upstream_redirects import UpstreamRedirectGuard
 from guardproxy.health import Readiness
 from guardproxy.observability.access_log import AccessLogGuard
 from guardproxy.observability.logging import log_sink
@@ -208,6 +210,18 @@ def rate_limit_guard(
     )
 
 
+def deprecation_guard(settings: Settings, metrics: MetricSources | None) -> DeprecationGuard | None:
+    lifecycles = route_lifecycles(settings.routes)
+    if not lifecycles:
+        return None
+    if metrics is not None:
+        metrics.families.declare_deprecated_routes(lifecycles)
+    return DeprecationGuard(
+        routes=lifecycles,
+        count=metrics.counted(metrics.families.deprecated_requests).add if metrics is not None else _ignore,
+    )
+
+
 def _ignore(*_: object) -> None:
     return None
 
@@ -225,7 +239,12 @@ def build_guards(
         guards.append(MetricsGuard(sources=metrics))
     if settings.security_headers.enabled:
         # Early in the list, so its response hook runs last: the final word on response headers.
-        guards.append(SecurityHeadersGuard.from_settings(settings.security_headers))
+        guards.append(
+            SecurityHeadersGuard.from_settings(
+                settings.security_headers,
+                {route.name: route.cache_control for route in settings.routes if route.cache_control is not None},
+            )
+        )
     # Who is asking, and over which scheme and host: every later decision depends on it.
     guards.append(ClientAddressGuard(trusted=settings.trusted_proxies.cidrs))
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
@@ -243,6 +262,18 @@ def build_guards(
                 hosts_vetted=bool(settings.hosts.allowed),
             )
         )
+    upstream = settings.upstream
+    if upstream.rewrite_redirects:
+        # Upstream Locations pointed back at the scheme and host established above.
+        guards.append(
+            UpstreamRedirectGuard(
+                internal_origins=[upstream.url, *upstream.internal_origins],
+                rewrite_cookie_domains=upstream.rewrite_cookie_domains,
+            )
+        )
+    deprecation = deprecation_guard(settings, metrics)
+    if deprecation is not None:
+        guards.append(deprecation)
     # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
     concurrency = ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight)
     guards.append(concurrency)
