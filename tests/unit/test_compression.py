@@ -196,17 +196,26 @@ async def test_a_small_body_of_unknown_length_is_not_inflated_by_gzip() -> None:
     assert reply.header(b"vary") == b"accept-encoding"
 
 
-async def test_a_small_first_chunk_with_more_to_come_is_a_stream_and_is_compressed_at_once() -> None:
+async def test_a_small_first_chunk_decides_for_the_whole_stream_without_waiting() -> None:
+    chunks = (b'{"a":1}', b'{"b":2}' * 400, b"")
+    reply = await _fetch(_chain_with(lambda: MockResponse(headers=list(JSON), chunks=chunks)))
+    assert reply.header(b"content-encoding") is None
+    assert reply.header(b"content-length") is None  # the length was not known when it was decided
+    assert reply.body == b"".join(chunks)
+    # The head went out with the first chunk, as it was.
+    assert _body_messages(reply)[0] == {"type": "http.response.body", "body": b'{"a":1}', "more_body": True}
 
-    chunks = (b'{"a":1}', b'{"b":2}', b"")
+
+async def test_a_large_first_chunk_with_more_to_come_is_compressed_and_flushed_at_once() -> None:
+    first = b'{"a":1},' * 200
+    chunks = (first, b'{"b":2}', b"")
     reply = await _fetch(_chain_with(lambda: MockResponse(headers=list(JSON), chunks=chunks)))
     assert reply.header(b"content-encoding") == b"gzip"
     assert reply.header(b"content-length") is None
-    assert gzip.decompress(reply.body) == b'{"a":1}{"b":2}'
-    # The head went out with the first chunk, compressed and flushed: nothing waited for chunk two.
-    first = _body_messages(reply)[0]
-    assert first["more_body"] is True
-    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(first["body"]) == b'{"a":1}'
+    assert gzip.decompress(reply.body) == first + b'{"b":2}'
+    message = _body_messages(reply)[0]
+    assert message["more_body"] is True
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(message["body"]) == first
 
 
 async def test_a_large_body_of_unknown_length_in_one_chunk_is_compressed_with_its_length() -> None:
@@ -227,13 +236,24 @@ async def test_an_empty_body_of_unknown_length_goes_out_as_it_is() -> None:
     assert reply.body == b""
 
 
-async def test_server_sent_events_start_compressed_with_the_head_not_held() -> None:
-
+@pytest.mark.parametrize(("event", "compressed"), [(b"data: 1\n\n", False), (b"data: " + b"x" * 2000 + b"\n\n", True)])
+async def test_server_sent_events_are_decided_by_their_first_event(event: bytes, compressed: bool) -> None:
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-    reply = await _fetch(_chain_with(lambda: MockResponse(headers=headers, chunks=(b"data: 1\n\n", b""))))
-    assert reply.header(b"content-encoding") == b"gzip"
-    starts = [index for index, message in enumerate(reply.messages) if message["type"] == "http.response.start"]
-    assert starts == [0]
+    reply = await _fetch(_chain_with(lambda: MockResponse(headers=list(headers), chunks=(event, b"data: 2\n\n", b""))))
+    assert (reply.header(b"content-encoding") == b"gzip") is compressed
+    assert [message["type"] for message in reply.messages][:2] == ["http.response.start", "http.response.body"]
+    first = _body_messages(reply)[0]
+    assert first["more_body"] is True
+    decoded = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(first["body"]) if compressed else first["body"]
+    assert decoded == event
+
+
+async def test_sse_of_a_known_length_is_flushed_chunk_by_chunk() -> None:
+    event = b"data: " + b"x" * 2000 + b"\n\n"
+    headers = [(b"content-type", b"text/event-stream"), (b"content-length", b"%d" % (2 * len(event)))]
+    reply = await _fetch(_chain_with(lambda: MockResponse(headers=list(headers), chunks=(event, event))))
+    first = _body_messages(reply)[0]
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(first["body"]) == event
 
 
 async def test_a_client_that_accepts_no_coding_gets_the_stream_untouched() -> None:

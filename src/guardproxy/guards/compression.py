@@ -4,12 +4,13 @@ Chosen by the client's Accept-Encoding with its q-values (RFC 9110 §12.5.3), ap
 it helps: compressible media types, bodies of at least `min_size` when the length is known, and
 never to a response that is already encoded, asks for no-transform, is partial (206/Range) or
 answers a HEAD. The rules other proxies broke, kept here:
-- a stream is never held back: without a known length (server-sent events, chunked downloads)
-  every upstream chunk is compressed and flushed as it arrives;
-- without a known length the first body chunk decides, never a later one: a body that ends
-  within it below `min_size` goes out as it is (40 bytes must not become 55 of gzip), with the
-  Content-Length that is now known; anything else is compressed from that chunk on. The head
-  costs no wait for it: the server sends a response head together with its first chunk anyway;
+- without a known length the first body chunk decides, and never a later one: below `min_size`
+  the response goes out as it is (a 40-byte body must not become 55 bytes of gzip, nor a stream
+  of small events a stream of larger ones), with its Content-Length when that chunk was the
+  whole body; at least `min_size`, it is compressed from that chunk on. Deciding costs no wait:
+  the server sends a response head together with its first chunk anyway;
+- a stream is never held back: once compressed, every upstream chunk of a response of unknown
+  length (server-sent events, chunked downloads) is flushed as it arrives;
 - a compressed response loses Content-Length, and a strong ETag becomes weak (its bytes changed);
   a 304 answering a client that holds the weak twin of its strong ETag says the weak one too, so
   the client's cache recognises the stored response it refreshes (RFC 9111 §4.3.4);
@@ -122,11 +123,11 @@ def media_type_matcher(patterns: Sequence[str]) -> re.Pattern[str]:
 
 class Eligibility(Enum):
     NO = "no"
-    # A known length of at least min_size: compressed whole.
+    # A known length of at least min_size: compressed.
     YES = "yes"
-    # Server-sent events: compressed and flushed chunk by chunk, from the head on.
+    # Server-sent events of a known length of at least min_size: compressed, flushed per chunk.
     STREAM = "stream"
-    # Length unknown: the first body chunk decides, and a stream is flushed chunk by chunk.
+    # Length unknown: the first body chunk decides; compressed, each chunk is flushed.
     FIRST_CHUNK_DECIDES = "first_chunk_decides"
 
 
@@ -207,11 +208,11 @@ class CompressionGuard(Guard):
         compressible, event_stream = decision
         if not compressible:
             return Eligibility.NO
-        if event_stream:
-            return Eligibility.STREAM
         if length is None:
             return Eligibility.FIRST_CHUNK_DECIDES
-        return Eligibility.YES if length >= self.min_size else Eligibility.NO
+        if length < self.min_size:
+            return Eligibility.NO
+        return Eligibility.STREAM if event_stream else Eligibility.YES
 
     def _media_type_decision(self, content_type: bytes) -> tuple[bool, bool]:
         media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
@@ -271,15 +272,17 @@ class _CompressingSend:
         return False
 
     async def _decide(self, message: Message) -> None:
-        """The first body chunk of a response of unknown length: small and complete goes out as
-        it is, with its length; anything else is compressed, streaming if more is to come."""
+        """The first body chunk of a response of unknown length: below min_size the response
+        goes out as it is (with its length, if that was all of it); otherwise it is compressed,
+        streaming if more is to come."""
         start, self._held = self._held, None
         assert start is not None
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
-        if not more_body and len(body) < self._guard.min_size:
+        if len(body) < self._guard.min_size:
             self._encoder = None
-            start["headers"].append((b"content-length", b"%d" % len(body)))
+            if not more_body:
+                start["headers"].append((b"content-length", b"%d" % len(body)))
             await self._send(start)
             await self._send(message)
             return
