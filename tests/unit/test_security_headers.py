@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from guardproxy.config import SecurityHeadersSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
@@ -135,8 +137,18 @@ def test_routes_have_their_own_default_or_none() -> None:
     assert cache_headers(g, [(b"cache-control", b"no-cache")], route="catalog") == [b"no-cache"]
 
 
-def test_the_api_preset_turns_legacy_xss_auditors_off() -> None:
-    assert respond(guard(), "http", [])[b"x-xss-protection"] == [b"0"]
-    # An upstream's `1; mode=block` (a legacy leak and breakage vector) is replaced.
-    assert respond(guard(), "http", [(b"x-xss-protection", b"1; mode=block")])[b"x-xss-protection"] == [b"0"]
-    assert b"x-xss-protection" not in respond(guard(preset="web"), "http", [])
+@pytest.mark.parametrize("preset", ["api", "web"])
+@pytest.mark.parametrize("upstream_wins", [False, True])
+def test_an_upstreams_xss_auditor_switch_is_turned_off_and_none_is_added(preset: str, upstream_wins: bool) -> None:
+    g = guard(preset=preset, upstream_wins=upstream_wins)
+    # A legacy browser's auditor in block mode leaks and breaks pages (OWASP): always 0.
+    for value in (b"1; mode=block", b"1", b"1; report=https://r.example", b"0"):
+        assert respond(g, "http", [(b"x-xss-protection", value)])[b"x-xss-protection"] == [b"0"]
+    # Deprecated, and no current browser runs an auditor: guardproxy never adds one itself.
+    assert b"x-xss-protection" not in respond(g, "http", [])
+
+
+def test_set_can_still_send_x_xss_protection() -> None:
+    g = guard(set_headers={"X-XSS-Protection": "0"})
+    assert respond(g, "http", [(b"x-xss-protection", b"1")])[b"x-xss-protection"] == [b"0"]
+    assert respond(g, "http", [])[b"x-xss-protection"] == [b"0"]

@@ -35,13 +35,6 @@ PRESETS: dict[str, dict[str, str]] = {
         "referrer-policy": "no-referrer",
         "cross-origin-resource-policy": "same-origin",
         "permissions-policy": _PERMISSIONS,
-        # The OWASP Secure Headers Project marks X-XSS-Protection deprecated (the auditors it
-        # switches on have themselves been a source of client-side flaws) and recommends sending
-        # `X-XSS-Protection: 0` to keep legacy browsers' XSS auditors off, with CSP instead
-        # (https://owasp.org/www-project-secure-headers/, Response Headers, X-XSS-Protection).
-        # The OWASP HTTP Headers Cheat Sheet agrees: CSP, and the header unset or turned off
-        # (https://cheatsheetseries.owasp.org/cheatsheets/HTTP_Headers_Cheat_Sheet.html#x-xss-protection).
-        "x-xss-protection": "0",
     },
     "web": {
         "content-security-policy": (
@@ -54,6 +47,23 @@ PRESETS: dict[str, dict[str, str]] = {
         "cross-origin-resource-policy": "same-site",
         "permissions-policy": _PERMISSIONS,
     },
+    "none": {},
+}
+
+# Fields an upstream may send that guardproxy turns to a safe value, and never adds itself.
+#
+# X-XSS-Protection: the OWASP Secure Headers Project lists it as deprecated (the XSS auditors it
+# drives have themselves been a source of client-side flaws) and says to send `0`, with CSP as
+# the protection (https://owasp.org/www-project-secure-headers/, Response Headers); its list of
+# headers to add (ci/headers_add.json in OWASP/www-project-secure-headers) leaves it out, and the
+# OWASP HTTP Headers Cheat Sheet says: CSP, and either do not set it or turn it off
+# (https://cheatsheetseries.owasp.org/cheatsheets/HTTP_Headers_Cheat_Sheet.html#x-xss-protection).
+# No current browser has an auditor left to turn off, and REDbot warns about the field whatever
+# its value. So the api preset does not add it (CSP default-src 'none' is on every response), but
+# an upstream's `1` or `1; mode=block` becomes `0`, so a legacy browser's auditor stays off.
+NEUTRALISED: dict[str, dict[str, str]] = {
+    "api": {"x-xss-protection": "0"},
+    "web": {"x-xss-protection": "0"},
     "none": {},
 }
 
@@ -88,7 +98,13 @@ class SecurityHeadersGuard(Guard):
         for name in drop:
             fields.pop(name.lower(), None)
         self._fields = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
-        self._managed = frozenset(name for name, _ in self._fields) | {HSTS}
+        self._neutralised = {
+            name.encode("latin-1"): value.encode("latin-1")
+            for name, value in NEUTRALISED[preset].items()
+            if name not in fields
+        }
+        # Fields that take the slow path below; every other field costs two set lookups.
+        self._managed = frozenset(name for name, _ in self._fields) | {HSTS} | self._neutralised.keys()
         self._remove = frozenset(name.lower().encode("latin-1") for name in remove)
         self._upstream_wins = upstream_wins
         self._hsts = hsts
@@ -125,6 +141,10 @@ class SecurityHeadersGuard(Guard):
             if name in self._remove:
                 continue  # banners: Server, X-Powered-By, ...
             if name in self._managed:
+                neutral = self._neutralised.get(name)
+                if neutral is not None:
+                    kept.append((name, neutral))
+                    continue
                 if not self._upstream_wins:
                     continue
                 upstream_set.add(name)
