@@ -191,7 +191,7 @@ def test_the_upstreams_cache_control_is_kept_and_none_becomes_no_store(proxy: Gu
     assert kept.headers.get_list("cache-control") == ["public, max-age=60"]
     added = httpx.get(f"{proxy.url}/echo")
     assert added.headers.get_list("cache-control") == ["no-store"]
-    assert added.headers["x-xss-protection"] == "0"
+    assert "x-xss-protection" not in added.headers  # deprecated: see guards/security_headers.py
 
 
 def test_a_304_gets_no_cache_control_of_ours(proxy: Guardproxy) -> None:
@@ -328,34 +328,50 @@ def test_a_large_body_of_unknown_length_is_still_compressed(start_proxy: Callabl
     assert gzip.decompress(response.body) == body
 
 
-def test_a_stream_starts_with_its_first_chunk_and_never_waits_for_the_second(
-    start_proxy: Callable[..., Guardproxy],
-) -> None:
-    """A small first chunk of an ndjson stream, then 1.5 s of silence: the first line must be
-    readable, compressed, long before the second chunk exists."""
+def stream_first_then(first: bytes, second: bytes) -> Callable[[socket.socket, int], None]:
+    """An ndjson stream: `first`, then 1.5 s of silence, then `second` and the end."""
 
     def handler(conn: socket.socket, _: int) -> None:
         if read_request_head(conn):
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b'8\r\n{"n":1}\n\r\n'
+                + b"%x\r\n%s\r\n" % (len(first), first)
             )
             time.sleep(1.5)
-            conn.sendall(b'8\r\n{"n":2}\n\r\n0\r\n\r\n')
+            conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(second), second))
 
-    with raw_upstream(handler) as upstream:
-        proxy = start_proxy(upstream.url)
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        started = time.monotonic()
-        with httpx.stream("GET", proxy.url, headers={"Accept-Encoding": "gzip"}, timeout=10) as response:
-            assert response.headers["content-encoding"] == "gzip"
-            chunks = response.iter_raw()
-            first = decoder.decompress(next(chunks))
-            elapsed = time.monotonic() - started
-            rest = b"".join(decoder.decompress(chunk) for chunk in chunks)
+    return handler
+
+
+def first_arrival(proxy: Guardproxy) -> tuple[httpx.Headers, bytes, float, bytes]:
+    started = time.monotonic()
+    with httpx.stream("GET", proxy.url, headers={"Accept-Encoding": "gzip"}, timeout=10) as response:
+        chunks = response.iter_raw()
+        first = next(chunks)
+        elapsed = time.monotonic() - started
+        rest = b"".join(chunks)
+    return response.headers, first, elapsed, rest
+
+
+def test_a_small_first_chunk_of_a_stream_starts_at_once_uncompressed(start_proxy: Callable[..., Guardproxy]) -> None:
+    """8 bytes, then silence: the first chunk decides (identity) and is not held for the second."""
+    with raw_upstream(stream_first_then(b'{"n":1}\n', b'{"n":2}\n')) as upstream:
+        headers, first, elapsed, rest = first_arrival(start_proxy(upstream.url))
+    assert "content-encoding" not in headers
     assert first == b'{"n":1}\n'
     assert elapsed < 1.0, f"the first chunk waited {elapsed:.2f} s"
     assert rest == b'{"n":2}\n'
+
+
+def test_a_large_first_chunk_of_a_stream_starts_at_once_compressed(start_proxy: Callable[..., Guardproxy]) -> None:
+    line = b'{"item":"compressible value"}\n' * 100
+    with raw_upstream(stream_first_then(line, b'{"n":2}\n')) as upstream:
+        headers, first, elapsed, rest = first_arrival(start_proxy(upstream.url))
+    assert headers["content-encoding"] == "gzip"
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert decoder.decompress(first) == line  # flushed: whole before the second chunk exists
+    assert elapsed < 1.0, f"the first chunk waited {elapsed:.2f} s"
+    assert decoder.decompress(rest) == b'{"n":2}\n'
 
 
 def test_a_304_for_a_compressed_representation_keeps_the_clients_weak_validator(proxy: Guardproxy) -> None:

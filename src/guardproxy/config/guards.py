@@ -301,7 +301,7 @@ def check_lifecycle(
     sunset_link: str | None,
     gone_after_sunset: bool,
 ) -> None:
-    """A route's deprecation settings, as a whole (RFC 9745 §3: a sunset after the deprecation)."""
+    """A route's deprecation settings as a whole (RFC 9745: a Sunset not earlier than the Deprecation)."""
     if deprecation is not None and sunset is not None and sunset < deprecation:
         raise ValueError(f"sunset ({sunset.isoformat()}) is earlier than deprecation ({deprecation.isoformat()})")
     if gone_after_sunset and sunset is None:
