@@ -131,6 +131,15 @@ class Eligibility(Enum):
     FIRST_CHUNK_DECIDES = "first_chunk_decides"
 
 
+# Module constants: an enum member looked up on its class costs ~0.3 µs on Python 3.11.
+_NO, _YES, _STREAM, _FIRST_CHUNK_DECIDES = (
+    Eligibility.NO,
+    Eligibility.YES,
+    Eligibility.STREAM,
+    Eligibility.FIRST_CHUNK_DECIDES,
+)
+
+
 class CompressionGuard(Guard):
     def __init__(
         self,
@@ -184,7 +193,7 @@ class CompressionGuard(Guard):
     def eligible(self, status: int, headers: Headers) -> Eligibility:
         """Whether a response may be compressed, and how its body is to be treated."""
         if status < 200 or status in (204, 206, 304):
-            return Eligibility.NO
+            return _NO
         content_type = b""
         length: int | None = None
         for name, value in headers:
@@ -199,7 +208,7 @@ class CompressionGuard(Guard):
                 or name == b"content-range"
                 or (name == b"cache-control" and b"no-transform" in value.lower())
             ):
-                return Eligibility.NO
+                return _NO
         decision = self._media_types.get(content_type)
         if decision is None:
             decision = self._media_type_decision(content_type)
@@ -207,12 +216,12 @@ class CompressionGuard(Guard):
                 self._media_types[content_type] = decision
         compressible, event_stream = decision
         if not compressible:
-            return Eligibility.NO
+            return _NO
         if length is None:
-            return Eligibility.FIRST_CHUNK_DECIDES
+            return _FIRST_CHUNK_DECIDES
         if length < self.min_size:
-            return Eligibility.NO
-        return Eligibility.STREAM if event_stream else Eligibility.YES
+            return _NO
+        return _STREAM if event_stream else _YES
 
     def _media_type_decision(self, content_type: bytes) -> tuple[bool, bool]:
         media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
@@ -254,7 +263,7 @@ class _CompressingSend:
         headers: Headers = message["headers"]
         status: int = message["status"]
         eligibility = self._guard.eligible(status, headers)
-        if eligibility is Eligibility.NO:
+        if eligibility is _NO:
             if status == 304 and self._validators:
                 _weaken_refreshed_etag(headers, self._validators)
             return False
@@ -264,8 +273,8 @@ class _CompressingSend:
             return False
         self._coding = coding
         self._encoder = self._guard.encoder(coding)
-        self._stream = eligibility is not Eligibility.YES
-        if eligibility is Eligibility.FIRST_CHUNK_DECIDES:
+        self._stream = eligibility is not _YES
+        if eligibility is _FIRST_CHUNK_DECIDES:
             self._held = message
             return True
         message["headers"] = _encoded_head(headers, coding)

@@ -103,16 +103,20 @@ class SecurityHeadersGuard(Guard):
             for name, value in NEUTRALISED[preset].items()
             if name not in fields
         }
-        # Fields that take the slow path below; every other field costs two set lookups.
         self._managed = frozenset(name for name, _ in self._fields) | {HSTS} | self._neutralised.keys()
         self._remove = frozenset(name.lower().encode("latin-1") for name in remove)
         self._upstream_wins = upstream_wins
         self._hsts = hsts
-        # The default for responses without Cache-Control, and the routes that differ from it.
+        # The default for responses without Cache-Control, and the routes that differ from it;
+        # none when `set` names Cache-Control (then guardproxy's value replaces the upstream's).
         self._cache_control = cache_control.encode("ascii") if cache_control else None
         self._cache_control_by_route = {
             route: value.encode("ascii") if value else None for route, value in (cache_control_by_route or {}).items()
         }
+        if CACHE_CONTROL in self._managed:
+            self._cache_control, self._cache_control_by_route = None, {}
+        # Fields that take the slow path below; every other field costs one set lookup.
+        self._special = self._remove | self._managed | {CACHE_CONTROL}
 
     @classmethod
     def from_settings(
@@ -134,35 +138,38 @@ class SecurityHeadersGuard(Guard):
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
         kept: Headers = []
+        keep = kept.append
         upstream_set: set[bytes] = set()
         has_cache_control = False
+        special = self._special
         for field in headers:
             name = field[0]
+            if name not in special:
+                keep(field)  # most fields: one set lookup
+                continue
             if name in self._remove:
                 continue  # banners: Server, X-Powered-By, ...
-            if name in self._managed:
-                neutral = self._neutralised.get(name)
-                if neutral is not None:
-                    kept.append((name, neutral))
-                    continue
-                if not self._upstream_wins:
-                    continue
-                upstream_set.add(name)
-            elif name == CACHE_CONTROL:
+            if name == CACHE_CONTROL and name not in self._managed:
                 has_cache_control = True
-            kept.append(field)
+                keep(field)
+                continue
+            neutral = self._neutralised.get(name)
+            if neutral is not None:
+                keep((name, neutral))
+                continue
+            if not self._upstream_wins:
+                continue
+            upstream_set.add(name)
+            keep(field)
         kept += [field for field in self._fields if field[0] not in upstream_set] if upstream_set else self._fields
-        if not has_cache_control and context.status != _NOT_MODIFIED:
-            cache_control = (
-                self._cache_control_by_route.get(context.route.name, self._cache_control)
-                if self._cache_control_by_route
-                else self._cache_control
-            )
-            if cache_control is not None:
-                kept.append((CACHE_CONTROL, cache_control))
+        cache_control = self._cache_control
+        if self._cache_control_by_route:
+            cache_control = self._cache_control_by_route.get(context.route.name, cache_control)
+        if cache_control is not None and not has_cache_control and context.status != _NOT_MODIFIED:
+            keep((CACHE_CONTROL, cache_control))
         if context.scheme == "https":
             if self._hsts is not None and HSTS not in upstream_set:
-                kept.append((HSTS, self._hsts))
+                keep((HSTS, self._hsts))
         elif HSTS in upstream_set:
             # Never over plain HTTP, whoever set it (RFC 6797 §7.2).
             kept = [field for field in kept if field[0] != HSTS]

@@ -34,6 +34,7 @@ from guardproxy.guards.chain import Guard
 from guardproxy.guards.hosts import split_port
 from guardproxy.outcomes import Outcome
 
+_OK = Outcome.OK
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _REFERENCE_FIELDS = frozenset({b"location", b"content-location"})
 _REFRESH = b"refresh"
@@ -90,9 +91,14 @@ class UpstreamRedirectGuard(Guard):
         self._fields = _REFERENCE_FIELDS | {_REFRESH} | ({_SET_COOKIE} if rewrite_cookie_domains else frozenset())
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
-        if context.outcome is not Outcome.OK:
+        if context.outcome is not _OK:
             return  # guardproxy's own answer: its Locations are its own
         fields = self._fields
+        for field in headers:
+            if field[0] in fields:
+                break
+        else:
+            return  # most responses: one set lookup per field
         for index, (name, value) in enumerate(headers):
             if name not in fields:
                 continue
