@@ -206,7 +206,9 @@ class CompressionGuard(Guard):
             elif (
                 (name == b"content-encoding" and value.strip().lower() != b"identity")
                 or name == b"content-range"
-                or (name == b"cache-control" and b"no-transform" in value.lower())
+                # find(), not `in`: bytes.__contains__ first tries the needle as an int and
+                # formats the TypeError it clears, several times the cost of the search.
+                or (name == b"cache-control" and value.lower().find(b"no-transform") >= 0)
             ):
                 return _NO
         decision = self._media_types.get(content_type)
