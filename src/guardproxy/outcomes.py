@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     BAD_PATH = "bad_path"
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
+    GONE = "gone"  # 410: a route past its sunset date, with gone_after_sunset set
 
     # Edge authentication (guards/auth/).
     UNAUTHORIZED = "unauthorized"  # 401: no valid credentials

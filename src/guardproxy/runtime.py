@@ -29,20 +29,17 @@ from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
+from guardproxy.guards.deprecation import build_deprecation_guard
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
-from guardproxy.guards.idempotency import DECISIONS as IDEMPOTENCY_DECISIONS
-from guardproxy.guards.idempotency import RESULTS as IDEMPOTENCY_RESULTS
-from guardproxy.guards.idempotency import IdempotencyGuard, IdempotencyPolicy
+from guardproxy.guards.idempotency import IdempotencyGuard, build_idempotency_guard
 from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard
+from guardproxy.guards.upstream_redirects import UpstreamRedirectGuard
 from guardproxy.health import Readiness
-from guardproxy.idempotency.ledger import Ledger
-from guardproxy.idempotency.redis_store import RedisIdempotencyStore
-from guardproxy.idempotency.store import IdempotencyStore, MemoryIdempotencyStore
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricSources, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
@@ -219,43 +216,6 @@ def rate_limit_guard(
     )
 
 
-def idempotency_guard(settings: Settings, metrics: MetricSources | None) -> IdempotencyGuard | None:
-    """The Idempotency-Key guard, when some route opts in; None costs the other routes nothing."""
-    policies = {
-        route.name: IdempotencyPolicy(methods=frozenset(route.idempotency.methods), required=route.idempotency.required)
-        for route in settings.routes
-        if route.idempotency.enabled
-    }
-    if not policies:
-        return None
-    config = settings.idempotency
-    url = config.redis_url or settings.rate_limit.redis_url
-    store: IdempotencyStore = (
-        RedisIdempotencyStore.from_url(url.get_secret_value())
-        if url is not None
-        else MemoryIdempotencyStore(max_keys=config.memory_max_keys, max_bytes=config.memory_max_bytes)
-    )
-    if metrics is not None:
-        metrics.families.declare_idempotency_routes(policies, IDEMPOTENCY_DECISIONS, IDEMPOTENCY_RESULTS)
-    return IdempotencyGuard(
-        policies=policies,
-        ledger=Ledger(
-            store,
-            timeout=config.timeout,
-            on_error=metrics.counted(metrics.families.idempotency_store_errors).add if metrics is not None else _ignore,
-        ),
-        key_prefix=config.key_prefix,
-        key_parts=config.key,
-        ttl=config.ttl,
-        lock_ttl=config.lock_ttl,
-        max_response_bytes=config.max_response_bytes,
-        key_max_length=config.key_max_length,
-        fail_mode=config.fail_mode,
-        count_decision=metrics.counted(metrics.families.idempotency_decisions).add if metrics is not None else _ignore,
-        count_result=metrics.counted(metrics.families.idempotency_responses).add if metrics is not None else _ignore,
-    )
-
-
 def _ignore(*_: object) -> None:
     return None
 
@@ -264,61 +224,77 @@ def build_guards(
     settings: Settings, metrics: MetricSources | None, rate_limit_store: FailSoftStore | None = None
 ) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
-    to top, so a guard listed earlier has the last word on the headers a client receives."""
-    guards: list[Guard] = []
-    if settings.logging.access_log:
-        # First, so that it sees every outcome and logs every request exactly once.
-        guards.append(AccessLogGuard(sink=log_sink(), redact_query_params=redacted_query_params(settings)))
-    if metrics is not None:
-        guards.append(MetricsGuard(sources=metrics))
-    if settings.security_headers.enabled:
-        # Early in the list, so its response hook runs last: the final word on response headers.
-        guards.append(SecurityHeadersGuard.from_settings(settings.security_headers))
-    # Who is asking, and over which scheme and host: every later decision depends on it.
-    guards.append(ClientAddressGuard(trusted=settings.trusted_proxies.cidrs))
-    guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
-    if settings.hosts.allowed:
-        guards.append(HostGuard(allowed=settings.hosts.allowed))
-    cors = cors_policies(settings)
-    if cors:
-        guards.append(CorsGuard(policies=cors))
-    if settings.https_redirect.enabled:
-        guards.append(
-            HttpsRedirectGuard(
-                status=settings.https_redirect.status,
-                exempt_paths=settings.https_redirect.exempt_paths,
-                canonical_host=settings.hosts.canonical,
-                hosts_vetted=bool(settings.hosts.allowed),
-            )
-        )
-    # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
+    to top, so a guard listed earlier has the last word on the headers a client receives. A
+    guard that is not configured is None here, and costs nothing."""
+    upstream = settings.upstream
     concurrency = ConcurrencyGuard(max_in_flight=settings.concurrency.max_in_flight)
-    guards.append(concurrency)
     if metrics is not None:
         metrics.watch_in_flight(lambda: concurrency.in_flight)
-    if settings.paths.refuse_traversal:
-        guards.append(PathGuard())
-    guards.append(BodyLimitGuard())
-    # IP lists, then authentication: after every cheap refusal (a shed or malformed request never
-    # costs a signature check), after CORS (preflights are answered without credentials), and
-    # before rate limiting, so a verified identity (claim:sub, api_key) can key a budget.
-    guards.extend(auth_guards(settings, metrics))
-    rate_limit = rate_limit_guard(settings, metrics, rate_limit_store)
-    if rate_limit is not None:
+    guards: list[Guard | None] = [
+        # First, so that it sees every outcome and logs every request exactly once.
+        AccessLogGuard(sink=log_sink(), redact_query_params=redacted_query_params(settings))
+        if settings.logging.access_log
+        else None,
+        MetricsGuard(sources=metrics) if metrics is not None else None,
+        # Early in the list, so its response hook runs last: the final word on response headers.
+        security_headers_guard(settings),
+        # Who is asking, and over which scheme and host: every later decision depends on it.
+        ClientAddressGuard(trusted=settings.trusted_proxies.cidrs),
+        RequestIdGuard(trust_incoming=settings.request_id.trust_incoming),
+        HostGuard(allowed=settings.hosts.allowed) if settings.hosts.allowed else None,
+        cors_guard(settings),
+        https_redirect_guard(settings),
+        # Upstream Locations pointed back at the scheme and host established above.
+        UpstreamRedirectGuard(
+            internal_origins=[upstream.url, *upstream.internal_origins],
+            rewrite_cookie_domains=upstream.rewrite_cookie_domains,
+        )
+        if upstream.rewrite_redirects
+        else None,
+        build_deprecation_guard(settings, metrics),
+        # Cheap refusals come before anything that costs: shedding, then malformed paths, then bodies.
+        concurrency,
+        PathGuard() if settings.paths.refuse_traversal else None,
+        BodyLimitGuard(),
+        # IP lists, then authentication: after every cheap refusal (a shed or malformed request
+        # never costs a signature check), after CORS (preflights are answered without
+        # credentials), and before rate limiting, so a verified identity can key a budget.
+        *auth_guards(settings, metrics),
         # Its decision waits on a store, so the chain runs it after every cheaper check above.
-        guards.append(rate_limit)
-    idempotency = idempotency_guard(settings, metrics)
-    if idempotency is not None:
+        rate_limit_guard(settings, metrics, rate_limit_store),
         # Listed for its start/aclose (the store's connection). Its work happens between the
         # chain and the forwarder (build_proxy_app): after every request hook, so a request the
         # rate limit refused never takes a lock; inside the response hooks, so it stores the
         # upstream's own head and uncompressed body, and its replays get fresh security
         # headers, request ID and compression like any answer.
-        guards.append(idempotency)
-    if settings.compression.enabled:
+        build_idempotency_guard(settings, metrics),
         # Last: it sees response heads after every other guard has set its headers.
-        guards.append(CompressionGuard.from_settings(settings.compression))
-    return guards
+        CompressionGuard.from_settings(settings.compression) if settings.compression.enabled else None,
+    ]
+    return [guard for guard in guards if guard is not None]
+
+
+def security_headers_guard(settings: Settings) -> SecurityHeadersGuard | None:
+    if not settings.security_headers.enabled:
+        return None
+    cache_control = {route.name: route.cache_control for route in settings.routes if route.cache_control is not None}
+    return SecurityHeadersGuard.from_settings(settings.security_headers, cache_control)
+
+
+def cors_guard(settings: Settings) -> CorsGuard | None:
+    policies = cors_policies(settings)
+    return CorsGuard(policies=policies) if policies else None
+
+
+def https_redirect_guard(settings: Settings) -> HttpsRedirectGuard | None:
+    if not settings.https_redirect.enabled:
+        return None
+    return HttpsRedirectGuard(
+        status=settings.https_redirect.status,
+        exempt_paths=settings.https_redirect.exempt_paths,
+        canonical_host=settings.hosts.canonical,
+        hosts_vetted=bool(settings.hosts.allowed),
+    )
 
 
 def build_redirect_app(settings: Settings) -> GuardChain:

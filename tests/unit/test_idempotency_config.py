@@ -9,9 +9,10 @@ import pytest
 
 from guardproxy.config import ConfigError, Settings, load_settings
 from guardproxy.guards.idempotency import IdempotencyGuard
+from guardproxy.guards.idempotency import build_idempotency_guard as idempotency_guard
 from guardproxy.idempotency.redis_store import RedisIdempotencyStore
 from guardproxy.idempotency.store import MemoryIdempotencyStore
-from guardproxy.runtime import build_guards, idempotency_guard
+from guardproxy.runtime import build_guards
 
 UPSTREAM = {"upstream": {"url": "http://127.0.0.1:9"}}
 PAY = {"name": "pay", "path": "/pay", "idempotency": {"enabled": True}}

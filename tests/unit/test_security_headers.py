@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from guardproxy.config import SecurityHeadersSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.security_headers import SecurityHeadersGuard, hsts_value
@@ -80,3 +82,73 @@ def test_built_from_its_settings_section() -> None:
     assert fields[b"strict-transport-security"] == [b"max-age=60; preload"]
     off = SecurityHeadersSettings(hsts={"enabled": False})
     assert b"strict-transport-security" not in respond(SecurityHeadersGuard.from_settings(off), "https", [])
+
+
+# Cache-Control defaults: a default, never a policy over the upstream's own.
+
+
+def cache_headers(
+    g: SecurityHeadersGuard, headers: list[tuple[bytes, bytes]], *, status: int = 200, route: str = "default"
+) -> list[bytes]:
+    context = RequestContext(route=RoutePolicy(route, 5.0, 60.0, None, 1024), client_host="192.0.2.1", status=status)
+    fields = list(headers)
+    g.on_response_start(context, fields)
+    return [value for name, value in fields if name == b"cache-control"]
+
+
+def from_settings(**section: object) -> SecurityHeadersGuard:
+    routes = section.pop("routes", None)
+    return SecurityHeadersGuard.from_settings(SecurityHeadersSettings(**section), routes)  # type: ignore[arg-type]
+
+
+def test_the_upstreams_own_cache_control_is_never_replaced_even_when_guardproxy_wins() -> None:
+    upstream = [(b"cache-control", b"public, max-age=60")]
+    assert cache_headers(from_settings(), upstream) == [b"public, max-age=60"]
+    assert cache_headers(from_settings(upstream_wins=False), upstream) == [b"public, max-age=60"]
+    # Repeated field lines stay as they are: nothing added to make a third opinion.
+    repeated = [(b"cache-control", b"private"), (b"cache-control", b"max-age=5")]
+    assert cache_headers(from_settings(), repeated) == [b"private", b"max-age=5"]
+
+
+def test_a_304_gets_no_default_its_fields_update_what_a_cache_stored() -> None:
+    assert cache_headers(from_settings(), [(b"etag", b'"v1"')], status=304) == []
+
+
+def test_the_api_preset_adds_no_store_where_the_upstream_said_nothing() -> None:
+    assert cache_headers(from_settings(), [(b"content-type", b"application/json")]) == [b"no-store"]
+
+
+def test_the_web_and_none_presets_add_nothing_unless_told() -> None:
+    assert cache_headers(from_settings(preset="web"), []) == []
+    assert cache_headers(from_settings(preset="none"), []) == []
+    assert cache_headers(from_settings(preset="web", cache_control="no-cache"), []) == [b"no-cache"]
+
+
+def test_the_default_can_be_turned_off() -> None:
+    assert cache_headers(from_settings(cache_control=None), []) == []
+    assert cache_headers(from_settings(cache_control=""), []) == []
+
+
+def test_routes_have_their_own_default_or_none() -> None:
+    g = from_settings(routes={"catalog": "public, max-age=300", "raw": None})
+    assert cache_headers(g, [], route="catalog") == [b"public, max-age=300"]
+    assert cache_headers(g, [], route="raw") == []
+    assert cache_headers(g, [], route="default") == [b"no-store"]
+    assert cache_headers(g, [(b"cache-control", b"no-cache")], route="catalog") == [b"no-cache"]
+
+
+@pytest.mark.parametrize("preset", ["api", "web"])
+@pytest.mark.parametrize("upstream_wins", [False, True])
+def test_an_upstreams_xss_auditor_switch_is_turned_off_and_none_is_added(preset: str, upstream_wins: bool) -> None:
+    g = guard(preset=preset, upstream_wins=upstream_wins)
+    # A legacy browser's auditor in block mode leaks and breaks pages (OWASP): always 0.
+    for value in (b"1; mode=block", b"1", b"1; report=https://r.example", b"0"):
+        assert respond(g, "http", [(b"x-xss-protection", value)])[b"x-xss-protection"] == [b"0"]
+    # Deprecated, and no current browser runs an auditor: guardproxy never adds one itself.
+    assert b"x-xss-protection" not in respond(g, "http", [])
+
+
+def test_set_can_still_send_x_xss_protection() -> None:
+    g = guard(set_headers={"X-XSS-Protection": "0"})
+    assert respond(g, "http", [(b"x-xss-protection", b"1")])[b"x-xss-protection"] == [b"0"]
+    assert respond(g, "http", [])[b"x-xss-protection"] == [b"0"]

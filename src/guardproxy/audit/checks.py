@@ -182,7 +182,7 @@ CHECKS: tuple[Check, ...] = (
         41,
         "Cache-Control on an authenticated API response",
         1,
-        Fix(settings=("security_headers.set",), note='e.g. {"Cache-Control": "no-store"}'),
+        Fix(settings=("security_headers.cache_control", "routes[].cache_control"), note="no-store by default"),
     ),
     Check(
         "paths.traversal",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     Field,
     field_validator,
     model_validator,
@@ -15,6 +18,34 @@ from pydantic import (
 from guardproxy.config.base import CommaList, Section
 from guardproxy.origins import compile_origin_pattern
 from guardproxy.routes import PatternError, compile_path_pattern
+
+# RFC 9111 §5.2: a list of directives, each a token with an optional token or quoted value.
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_DIRECTIVE = rf'{_TCHARS}(?:=(?:{_TCHARS}|"[^"\\\x00-\x1f\x7f]*"))?'
+CACHE_CONTROL_PATTERN = re.compile(rf"{_DIRECTIVE}(?:[ \t]*,[ \t]*{_DIRECTIVE})*")
+# The Cache-Control each security-headers preset adds to responses without one.
+PRESET_CACHE_CONTROL: dict[str, str | None] = {"api": "no-store", "web": None, "none": None}
+
+
+def _cache_control(value: str | None) -> str | None:
+    """A Cache-Control value to add, or None; "" also means none."""
+    if value is None or value == "":
+        return None
+    value = value.strip()
+    if not CACHE_CONTROL_PATTERN.fullmatch(value):
+        raise ValueError(f"not a Cache-Control value (directives such as no-store, max-age=60): {value!r}")
+    return value
+
+
+def _route_cache_control(value: str | None) -> str | None:
+    """A route's Cache-Control default: None inherits the global one, "" adds none."""
+    return "" if value is not None and not value.strip() else _cache_control(value)
+
+
+# A Cache-Control default; null or "" for none.
+CacheControl = Annotated[str | None, AfterValidator(_cache_control)]
+# A route's: null inherits, "" adds none.
+RouteCacheControl = Annotated[str | None, AfterValidator(_route_cache_control)]
 
 HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
@@ -51,6 +82,17 @@ class SecurityHeadersSettings(Section):
         "x-varnish",
     ]
     hsts: HstsSettings = HstsSettings()
+    # Added to responses that carry no Cache-Control (never replacing the upstream's own, never on
+    # a 304). Unset: the preset's (api: no-store; web, none: nothing); null or "": nothing.
+    cache_control: CacheControl = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_cache_control(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cache_control" not in data:
+            preset = data.get("preset", "api")
+            return {**data, "cache_control": PRESET_CACHE_CONTROL.get(preset) if isinstance(preset, str) else None}
+        return data
 
     @field_validator("set")
     @classmethod
@@ -214,3 +256,57 @@ class PathSettings(Section):
 class ConcurrencySettings(Section):
     # Requests in flight per worker; beyond it: 503 with Retry-After, without touching the upstream.
     max_in_flight: Annotated[int, Field(ge=1)] = 1000
+
+
+def _moment(value: Any) -> Any:
+    """A date (midnight UTC) or a date and time with its zone, as an aware datetime."""
+    if isinstance(value, str):
+        try:
+            text = value.strip()
+            value = datetime.fromisoformat(text) if "T" in text or " " in text else date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"not a date (2027-01-31) or a date and time with a zone (2027-01-31T12:00:00Z): {value!r}"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"give the time zone, e.g. {value.isoformat()}Z")
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise ValueError(f"not a date: {value!r}")
+
+
+# RFC 3986 characters, minus what would end a Link's <...> or a field (spaces, quotes, < >).
+_URI_CHARS = r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]"
+_LINK_TARGET = re.compile(rf"https?://[A-Za-z0-9.\[\]:-]+(?:/{_URI_CHARS}*)?|/{_URI_CHARS}*")
+
+
+def _link_target(value: str) -> str:
+    if not _LINK_TARGET.fullmatch(value):
+        raise ValueError(f"not an http(s) URL or an absolute path without spaces, quotes or angle brackets: {value!r}")
+    return value
+
+
+# A moment in time: 2027-01-31 (midnight UTC) or 2027-01-31T12:00:00+01:00.
+Moment = Annotated[datetime, BeforeValidator(_moment)]
+# The target of a Link field: https://... or /docs/...
+LinkTarget = Annotated[str, AfterValidator(_link_target)]
+
+
+def check_lifecycle(
+    deprecation: datetime | None,
+    sunset: datetime | None,
+    link: str | None,
+    sunset_link: str | None,
+    gone_after_sunset: bool,
+) -> None:
+    """A route's deprecation settings as a whole (RFC 9745: a Sunset not earlier than the Deprecation)."""
+    if deprecation is not None and sunset is not None and sunset < deprecation:
+        raise ValueError(f"sunset ({sunset.isoformat()}) is earlier than deprecation ({deprecation.isoformat()})")
+    if gone_after_sunset and sunset is None:
+        raise ValueError("gone_after_sunset needs a sunset date")
+    if link is not None and deprecation is None and sunset is None:
+        raise ValueError("link needs a deprecation or a sunset date")
+    if sunset_link is not None and sunset is None:
+        raise ValueError("sunset_link (rel=sunset) needs a sunset date")

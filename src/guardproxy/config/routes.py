@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import model_validator
+
 from guardproxy.config.auth import CidrList, RouteAuth
 from guardproxy.config.base import MethodList, Name, PathPattern, Section
-from guardproxy.config.guards import BodyLimitOverride, CorsOverride
+from guardproxy.config.guards import (
+    BodyLimitOverride,
+    CorsOverride,
+    LinkTarget,
+    Moment,
+    RouteCacheControl,
+    check_lifecycle,
+)
 from guardproxy.config.idempotency import IdempotencyRoute
 from guardproxy.config.server import TimeoutOverrides
 
@@ -22,3 +31,17 @@ class RouteSettings(Section):
     # Client addresses (CIDRs) refused (ip_deny wins) or, when ip_allow is set, the only ones let in.
     ip_allow: CidrList = []
     ip_deny: CidrList = []
+    # Cache-Control for this route's responses that carry none: null inherits
+    # security_headers.cache_control, "" adds none.
+    cache_control: RouteCacheControl = None
+    # Deprecation (RFC 9745) and sunset (RFC 8594) of this route; see guards/deprecation.py.
+    deprecation: Moment | None = None
+    sunset: Moment | None = None
+    link: LinkTarget | None = None
+    sunset_link: LinkTarget | None = None
+    gone_after_sunset: bool = False
+
+    @model_validator(mode="after")
+    def _lifecycle(self) -> RouteSettings:
+        check_lifecycle(self.deprecation, self.sunset, self.link, self.sunset_link, self.gone_after_sunset)
+        return self

@@ -18,7 +18,7 @@ from pydantic_settings import (
     NoDecode,
 )
 
-from guardproxy.config.base import Address, ListenAddress, Section, default_address
+from guardproxy.config.base import Address, CommaList, ListenAddress, Section, default_address
 
 
 class ServerSettings(Section):
@@ -82,6 +82,25 @@ class HealthCheckSettings(Section):
         return value
 
 
+def check_origin(value: str) -> str:
+    """An http(s) origin only: scheme://host[:port], no path, query or credentials."""
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # Credentials in the URL would be printed by check-config and sent by the probe.
+        raise ValueError("must not contain credentials")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host: {value!r}")
+    try:
+        parts.port  # noqa: B018 - evaluated for its validation
+    except ValueError:
+        raise ValueError(f"has an invalid port: {value!r}") from None
+    if parts.path not in ("", "/") or "?" in value or "#" in value or value.endswith(":"):
+        raise ValueError(f"must be an origin only (scheme://host[:port]), got {value!r}")
+    return value
+
+
 class UpstreamSettings(Section):
     url: str
     connect_timeout: PositiveFloat = 5.0
@@ -100,23 +119,28 @@ class UpstreamSettings(Section):
     ca_file: Path | None = None
     health_check: HealthCheckSettings = HealthCheckSettings()
 
+    # Location, Content-Location and Refresh values in the upstream's responses that point at its
+    # own origin (url) or at one of internal_origins become the origin the client used (like
+    # nginx's proxy_redirect default); see guards/upstream_redirects.py.
+    rewrite_redirects: bool = True
+    # Other origins the upstream believes it has: the address it binds, an internal name.
+    internal_origins: CommaList = []
+    # Also turn Set-Cookie Domain=<an internal host> into the host the client used.
+    rewrite_cookie_domains: bool = False
+
     @field_validator("url")
     @classmethod
     def _origin_only(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if "@" in parts.netloc:
-            # Credentials in the URL would be printed by check-config and sent by the probe.
-            raise ValueError("must not contain credentials")
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {value!r}")
-        try:
-            parts.port  # noqa: B018 - evaluated for its validation
-        except ValueError:
-            raise ValueError(f"has an invalid port: {value!r}") from None
-        if parts.path not in ("", "/") or "?" in value or "#" in value or value.endswith(":"):
-            raise ValueError(f"must be an origin only (scheme://host[:port]), got {value!r}")
+        return check_origin(value)
+
+    @field_validator("internal_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            try:
+                check_origin(origin)
+            except ValueError as exc:
+                raise ValueError(f"{origin!r}: {exc}") from None
         return value
 
     @field_validator("ca_file")

@@ -44,6 +44,7 @@ import structlog
 from guardproxy import problems
 from guardproxy.answer import Answer
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
+from guardproxy.config import Settings
 from guardproxy.context import CONTEXT_KEY, RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.idempotency.exchange import KeyedExchange, audit
@@ -52,6 +53,9 @@ from guardproxy.idempotency.ledger import Ledger
 from guardproxy.idempotency.records import (
     Disposition,
 )
+from guardproxy.idempotency.redis_store import RedisIdempotencyStore
+from guardproxy.idempotency.store import IdempotencyStore, MemoryIdempotencyStore
+from guardproxy.observability.metrics import MetricSources
 from guardproxy.outcomes import Outcome
 
 log = structlog.get_logger(component="guardproxy.idempotency")
@@ -162,3 +166,44 @@ class _IdempotentApp:
         if not fields and not policy.required:
             return self.app(scope, receive, send)
         return KeyedExchange(self.guard, scope, context, fields).run(self.app, receive, send)
+
+
+def build_idempotency_guard(settings: Settings, metrics: MetricSources | None) -> IdempotencyGuard | None:
+    """The Idempotency-Key guard, when some route opts in; None costs the other routes nothing."""
+    policies = {
+        route.name: IdempotencyPolicy(methods=frozenset(route.idempotency.methods), required=route.idempotency.required)
+        for route in settings.routes
+        if route.idempotency.enabled
+    }
+    if not policies:
+        return None
+    config = settings.idempotency
+    url = config.redis_url or settings.rate_limit.redis_url
+    store: IdempotencyStore = (
+        RedisIdempotencyStore.from_url(url.get_secret_value())
+        if url is not None
+        else MemoryIdempotencyStore(max_keys=config.memory_max_keys, max_bytes=config.memory_max_bytes)
+    )
+    if metrics is not None:
+        metrics.families.declare_idempotency_routes(policies, DECISIONS, RESULTS)
+    return IdempotencyGuard(
+        policies=policies,
+        ledger=Ledger(
+            store,
+            timeout=config.timeout,
+            on_error=metrics.counted(metrics.families.idempotency_store_errors).add if metrics is not None else _ignore,
+        ),
+        key_prefix=config.key_prefix,
+        key_parts=config.key,
+        ttl=config.ttl,
+        lock_ttl=config.lock_ttl,
+        max_response_bytes=config.max_response_bytes,
+        key_max_length=config.key_max_length,
+        fail_mode=config.fail_mode,
+        count_decision=metrics.counted(metrics.families.idempotency_decisions).add if metrics is not None else _ignore,
+        count_result=metrics.counted(metrics.families.idempotency_responses).add if metrics is not None else _ignore,
+    )
+
+
+def _ignore(*_: object) -> None:
+    return None

@@ -219,6 +219,13 @@ class ProxyMetrics:
             ["provider", "result"],
             registry=registry,
         )
+        # Deprecated routes: the deprecation guard counts every request to one.
+        self.deprecated_requests = Counter(
+            "guardproxy_deprecated_requests_total",
+            "Requests to routes with a deprecation or sunset date, by route: who still calls them.",
+            ["route"],
+            registry=registry,
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
@@ -266,6 +273,11 @@ class ProxyMetrics:
         for provider in remote:
             for result in ("ok", "not_modified", "error"):
                 self.auth_jwks_fetches.labels(provider, result)
+
+    def declare_deprecated_routes(self, routes: Iterable[str]) -> None:
+        """Start each deprecated route's series at zero (see the comment in __init__)."""
+        for route in routes:
+            self.deprecated_requests.labels(route)
 
     def sources(self) -> MetricSources:
         """A new set of per-runtime sources, flushed with every other until closed."""
