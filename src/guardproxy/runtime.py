@@ -29,6 +29,7 @@ from guardproxy.guards.concurrency import ConcurrencyGuard
 from guardproxy.guards.cors import CorsGuard, CorsPolicy
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
+from guardproxy.guards.methods import MethodGuard
 from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
@@ -208,6 +209,15 @@ def rate_limit_guard(
     )
 
 
+def method_guard(settings: Settings) -> MethodGuard:
+    return MethodGuard(
+        refused=settings.methods.refused,
+        refuse_unknown=settings.methods.unknown == "refuse",
+        extensions=settings.methods.extensions,
+        route_methods={route.name: route.allowed_methods for route in settings.routes if route.allowed_methods},
+    )
+
+
 def _ignore(*_: object) -> None:
     return None
 
@@ -234,6 +244,9 @@ def build_guards(
     cors = cors_policies(settings)
     if cors:
         guards.append(CorsGuard(policies=cors))
+    # After the host check (a host this service does not answer to learns nothing of its
+    # methods) and CORS (a preflight is about the next request's method, which is judged here).
+    guards.append(method_guard(settings))
     if settings.https_redirect.enabled:
         guards.append(
             HttpsRedirectGuard(
@@ -272,6 +285,7 @@ def build_redirect_app(settings: Settings) -> GuardChain:
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     if settings.hosts.allowed:
         guards.append(HostGuard(allowed=settings.hosts.allowed))
+    guards.append(method_guard(settings))
     guards.append(
         RedirectEverythingGuard(
             status=settings.https_redirect.status,
@@ -296,6 +310,8 @@ def build_proxy_app(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
+        untrusted_strip=settings.trusted_proxies.untrusted_strip,
+        forward_trailers=settings.upstream.forward_trailers,
     )
     return GuardChain(
         forwarder, guards=build_guards(settings, metrics, rate_limit_store), routes=build_route_table(settings)

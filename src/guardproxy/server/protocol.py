@@ -15,6 +15,8 @@ top of it this module:
 - refuses a transfer coding other than exactly `chunked` before any guard sees the request
   (decoded chunks under a dropped gzip coding would reach the upstream corrupted);
 - limits the request line (414), the head's size and field count (431);
+- holds the request target and Host to RFC 9112 §3.2 (http1/targets.py): 400 for a missing,
+  repeated or invalid Host, and an absolute-form target's authority replaces Host;
 - enforces deadlines that trickling bytes cannot extend: the request head (408), body progress
   (408), idle keep-alive;
 - raises OSError from `send` once the client is gone (ASGI 2.4), so a long download stops
@@ -38,6 +40,7 @@ from guardproxy import problems
 from guardproxy.answer import RefusedError
 from guardproxy.asgi import Headers
 from guardproxy.http1.flow import HIGH_WATER, FlowControl
+from guardproxy.http1.targets import valid_host, vet_target
 from guardproxy.outcomes import Outcome
 from guardproxy.server.exchange import Exchange
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
@@ -204,8 +207,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         headers = self._headers
+        host: bytes | None = None
+        hosts = 0
         for name, value in headers:
-            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            if name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 codings = [coding.strip() for coding in value.lower().split(b",")]
                 if codings[-1] == b"chunked":
                     # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does
@@ -224,16 +232,26 @@ class ProxyHttpProtocol(asyncio.Protocol):
             # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
             self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.", Outcome.MALFORMED)
             raise _RequestRefused
+        method = parser.get_method()
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
-            self._refuse(problems.BAD_REQUEST, "The request target is not a valid URL.", Outcome.MALFORMED)
-            raise _RequestRefused from None
-        raw_path: bytes = url.path
+            url = None
+        # The usual request, origin-form with one Host seen valid before, costs these tests;
+        # anything else is judged by http1/targets.py (RFC 9112 §3.2).
+        if url is None or url.schema is not None or hosts != 1 or not valid_host(host or b"") or url.path[:1] != b"/":
+            try:
+                raw_path, query = vet_target(
+                    method, self._url, url, headers=headers, http_version=http_version, hosts=hosts, host=host
+                )
+            except RefusedError as refusal:
+                self._refuse(refusal.problem, refusal.detail, refusal.outcome)
+                raise _RequestRefused from None
+        else:
+            raw_path, query = url.path, url.query
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        method = parser.get_method()
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -245,7 +263,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "root_path": "",
             "path": path,
             "raw_path": raw_path,
-            "query_string": url.query or b"",
+            "query_string": query or b"",
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
