@@ -106,7 +106,15 @@ async def test_whitespace_around_a_host_is_not_part_of_it() -> None:
 
 @pytest.mark.parametrize(
     "host",
-    [b"api.example.com", b"API.example.com:8443", b"127.0.0.1:8080", b"[::1]:80", b"[2001:db8::1]", b"a_b.internal", b"x"],
+    [
+        b"api.example.com",
+        b"API.example.com:8443",
+        b"127.0.0.1:8080",
+        b"[::1]:80",
+        b"[2001:db8::1]",
+        b"a_b.internal",
+        b"x",
+    ],
 )
 async def test_valid_hosts_pass(host: bytes) -> None:
     wire, sent = await exchange(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
