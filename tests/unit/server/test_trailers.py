@@ -4,6 +4,8 @@ never in the header section, and only the fields that may be trailers."""
 
 from __future__ import annotations
 
+import gzip
+
 from guardproxy.http1.fields import trailer_fields
 from tests.support.factories import make_chain, make_settings
 from tests.support.mock_transport import MockResponse, MockTransport
@@ -94,3 +96,19 @@ async def test_forward_trailers_false_drops_them_for_every_client() -> None:
 
 def test_trailer_fields_keeps_only_what_may_be_a_trailer() -> None:
     assert trailer_fields(TRAILERS) == [(b"x-checksum", b"42"), (b"x-timing", b"db;dur=53")]
+
+
+async def test_trailers_follow_a_compressed_body() -> None:
+    body = b'{"item":"compressible value"},' * 200
+    compressible = MockTransport(
+        lambda request: MockResponse(
+            headers=[(b"content-type", b"application/json")], chunks=(body[:3000], body[3000:]), trailers=TRAILERS
+        )
+    )
+    wire = await run(b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nAccept-Encoding: gzip\r\n\r\n", compressible)
+    written = bytes(wire.transport.written)
+    assert b"content-encoding: gzip\r\n" in written
+    assert written.endswith(b"\r\n0\r\nx-checksum: 42\r\nx-timing: db;dur=53\r\n\r\n")
+    (response,) = wire.responses()
+    assert response.complete
+    assert gzip.decompress(response.body) == body
