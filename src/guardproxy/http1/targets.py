@@ -44,14 +44,14 @@ _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _OWS = b" \t"
 # Host values already found valid: a service sees a handful, so the usual request costs one set
 # lookup. Bounded, so a client sending endless distinct hosts only makes them cost a regex.
-_VALID_HOSTS: set[bytes] = set()
-_VALID_HOSTS_MAX = 1024
+VALID_HOSTS: set[bytes] = set()
+VALID_HOSTS_MAX = 1024
 _HTTP_SCHEMES = frozenset({b"http", b"https"})
 
 
 def valid_host(value: bytes) -> bool:
     """Whether a Host field value is `uri-host [":" port]` (RFC 9112 §3.2, RFC 3986 §3.2.2)."""
-    if value in _VALID_HOSTS:
+    if value in VALID_HOSTS:
         return True
     match = _HOST.fullmatch(value)
     if match is None:
@@ -66,8 +66,8 @@ def valid_host(value: bytes) -> bool:
             return False
     elif b"%" in value and _BAD_PERCENT.search(value):
         return False
-    if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
-        _VALID_HOSTS.add(value)
+    if len(VALID_HOSTS) < VALID_HOSTS_MAX:
+        VALID_HOSTS.add(value)
     return True
 
 

@@ -215,11 +215,10 @@ class Forwarder:
             (b"x-real-ip", client),
             (b"via", VIA),
         )
-        if not context.peer_trusted:
+        server = scope["server"]
+        if not context.peer_trusted and server is not None:
             # The port the client connected to; a trusted proxy's own X-Forwarded-Port is kept.
-            port = _port_field(scope.get("server"))
-            if port:
-                headers.append((b"x-forwarded-port", port))
+            headers.append((b"x-forwarded-port", _PORT_FIELDS.get(server[1]) or _port_field(server[1])))
         forwarded_host = context.host or host
         if forwarded_host:
             headers.append((b"x-forwarded-host", forwarded_host))
@@ -261,13 +260,9 @@ class Forwarder:
 _PORT_FIELDS: dict[int, bytes] = {}
 
 
-def _port_field(server: tuple[str, int] | None) -> bytes:
-    if server is None:
-        return b""
-    port = _PORT_FIELDS.get(server[1])
-    if port is None:
-        port = _PORT_FIELDS[server[1]] = b"%d" % server[1]
-    return port
+def _port_field(port: int) -> bytes:
+    field = _PORT_FIELDS[port] = b"%d" % port
+    return field
 
 
 async def _request_body(receive: Receive, context: RequestContext) -> AsyncIterator[bytes]:

@@ -246,7 +246,7 @@ class Exchange:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
             self._start_response(message["status"], message.get("headers", ()))
-            self._trailers = bool(message.get("trailers", False))
+            self._trailers = message.get("trailers") is True
             return
         if self.response is not ResponseState.STREAMING or message["type"] != "http.response.body":
             if self.response is ResponseState.TRAILERS and message["type"] == "http.response.trailers":

@@ -40,7 +40,7 @@ from guardproxy import problems
 from guardproxy.answer import RefusedError
 from guardproxy.asgi import Headers
 from guardproxy.http1.flow import HIGH_WATER, FlowControl
-from guardproxy.http1.targets import valid_host, vet_target
+from guardproxy.http1.targets import VALID_HOSTS, valid_host, vet_target
 from guardproxy.outcomes import Outcome
 from guardproxy.server.exchange import Exchange
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
@@ -233,16 +233,17 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.", Outcome.MALFORMED)
             raise _RequestRefused
         method = parser.get_method()
+        target = self._url
         try:
-            url = httptools.parse_url(self._url)
+            url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             url = None
-        # The usual request, origin-form with one Host seen valid before, costs these tests;
-        # anything else is judged by http1/targets.py (RFC 9112 §3.2).
-        if url is None or url.schema is not None or hosts != 1 or not valid_host(host or b"") or url.path[:1] != b"/":
+        # The usual request, origin-form (the target begins with `/`) with one Host seen valid
+        # before, costs these tests; anything else is judged by http1/targets.py (RFC 9112 §3.2).
+        if url is None or hosts != 1 or target[:1] != b"/" or (host not in VALID_HOSTS and not valid_host(host or b"")):
             try:
                 raw_path, query = vet_target(
-                    method, self._url, url, headers=headers, http_version=http_version, hosts=hosts, host=host
+                    method, target, url, headers=headers, http_version=http_version, hosts=hosts, host=host
                 )
             except RefusedError as refusal:
                 self._refuse(refusal.problem, refusal.detail, refusal.outcome)
