@@ -126,10 +126,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
-        self._field_bytes += len(name) + len(value)
-        if len(headers) >= self._max_header_fields or self._field_bytes > self._max_head_bytes:
-            self._fail(UpstreamProtocolError("too many or too large response fields"))
+        if len(headers) >= self._max_header_fields:
+            self._fail(UpstreamProtocolError("too many response fields"))
             raise _Stop
+        if self._status:
+            # A trailer field: the head's bytes are limited in data_received, these here.
+            self._field_bytes += len(name) + len(value)
+            if self._field_bytes > self._max_head_bytes:
+                self._fail(UpstreamProtocolError("response trailer section too large"))
+                raise _Stop
         name = name.lower()
         if name in _FRAMING_FIELDS:
             self._framed = True
@@ -156,14 +161,12 @@ class UpstreamConnection(asyncio.Protocol):
             # on the head's size.
             self._interim = True
             self._headers = []
-            self._field_bytes = 0
             self._framed = False
             return
         self._status = status
         # What follows on_header now are trailer fields: kept apart, never in the head.
         self._head_fields = self._headers
         self._headers = []
-        self._field_bytes = 0
         if status in NO_BODY_STATUSES:
             self._framed = True
         # Read now: llhttp resets its flags once the message is complete.

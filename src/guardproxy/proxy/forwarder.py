@@ -150,7 +150,7 @@ class Forwarder:
         finally:
             response.close()
 
-    def _upstream_request(
+    def _upstream_request(  # noqa: PLR0912, PLR0915 - one pass on the hot path, kept in one piece
         self, scope: Scope, context: RequestContext, receive: Receive
     ) -> tuple[UpstreamRequest, bool]:
         """The request for the upstream, and whether the client takes trailers."""
@@ -187,7 +187,30 @@ class Forwarder:
             headers = end_to_end(client_headers, drop)
             if prefixes:
                 headers = [field for field in headers if not field[0].startswith(prefixes)]
-        self._add_vouched(headers, scope, context, host)
+        # The fields guardproxy sets itself, from what it verified. For an untrusted peer the
+        # client is the peer, whose address ClientAddressGuard already encoded.
+        client = context.forwarded_for if not trusted and context.forwarded_for else context.client_host.encode("ascii")
+        headers += (
+            (b"host", host if self._preserve_host and host else self._upstream_authority),
+            (b"x-forwarded-for", context.forwarded_for or client),
+            (b"x-forwarded-proto", _SCHEMES.get(context.scheme) or context.scheme.encode("ascii")),
+            (b"x-real-ip", client),
+            (b"via", VIA),
+        )
+        server = scope["server"]
+        if not trusted and server is not None:
+            # The port the client connected to; a trusted proxy's own X-Forwarded-Port is kept.
+            headers.append(_PORT_FIELDS.get(server[1]) or _port_field(server[1]))
+        forwarded_host = context.host or host
+        if forwarded_host:
+            headers.append((b"x-forwarded-host", forwarded_host))
+        request_id = context.request_id
+        if request_id:
+            headers.append((b"x-request-id", request_id.encode("ascii")))
+        if context.traceparent:
+            headers.append((b"traceparent", context.traceparent))
+            if context.tracestate:
+                headers.append((b"tracestate", context.tracestate))
         target = scope["raw_path"]
         query = scope["query_string"]
         if query:
@@ -204,31 +227,6 @@ class Forwarder:
             read_timeout=route.read_timeout,
         )
         return request, takes_trailers
-
-    def _add_vouched(self, headers: Headers, scope: Scope, context: RequestContext, host: bytes | None) -> None:
-        """The fields guardproxy sets itself, from what it verified."""
-        client = context.client_host.encode("ascii")
-        headers += (
-            (b"host", host if self._preserve_host and host else self._upstream_authority),
-            (b"x-forwarded-for", context.forwarded_for or client),
-            (b"x-forwarded-proto", _SCHEMES.get(context.scheme) or context.scheme.encode("ascii")),
-            (b"x-real-ip", client),
-            (b"via", VIA),
-        )
-        server = scope["server"]
-        if not context.peer_trusted and server is not None:
-            # The port the client connected to; a trusted proxy's own X-Forwarded-Port is kept.
-            headers.append((b"x-forwarded-port", _PORT_FIELDS.get(server[1]) or _port_field(server[1])))
-        forwarded_host = context.host or host
-        if forwarded_host:
-            headers.append((b"x-forwarded-host", forwarded_host))
-        request_id = context.request_id
-        if request_id:
-            headers.append((b"x-request-id", request_id.encode("ascii")))
-        if context.traceparent:
-            headers.append((b"traceparent", context.traceparent))
-            if context.tracestate:
-                headers.append((b"tracestate", context.tracestate))
 
     async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):
@@ -257,11 +255,12 @@ class Forwarder:
         await Answer.problem(scope, problem, detail, headers).send(send)
 
 
-_PORT_FIELDS: dict[int, bytes] = {}
+# The X-Forwarded-Port field by listener port: built once, not per request.
+_PORT_FIELDS: dict[int, tuple[bytes, bytes]] = {}
 
 
-def _port_field(port: int) -> bytes:
-    field = _PORT_FIELDS[port] = b"%d" % port
+def _port_field(port: int) -> tuple[bytes, bytes]:
+    field = _PORT_FIELDS[port] = (b"x-forwarded-port", b"%d" % port)
     return field
 
 

@@ -107,3 +107,12 @@ async def test_trailers_are_reset_for_the_next_exchange() -> None:
     await upstream.head
     assert upstream.trailers == []
     assert upstream.response_head()[1] == [(b"content-length", b"0")]
+
+
+async def test_a_trailer_section_past_the_size_limit_fails_the_exchange() -> None:
+    upstream = connection(max_head_bytes=2048)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+    await upstream.head
+    upstream.data_received(b"0\r\nX-A: " + b"a" * 1500 + b"\r\nX-B: " + b"b" * 1500 + b"\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError, match="trailer section too large"):
+        await body_of(upstream)
