@@ -79,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error: UpstreamError | None = None
         self._bytes_received = 0
+        # Bytes received since the parser last gave a body piece or a field.
+        self._quiet = 0
         self._idle_timeout = 0.0
         self._last_activity = 0.0
 
@@ -90,6 +92,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._bytes_received += len(data)
+        self._quiet += len(data)
         self._last_activity = self._loop.time()
         if self._head is None or self._complete:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
@@ -101,10 +104,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid response: {exc}"))
-        if not self._status and self._bytes_received > self._max_head_bytes:
-            # Still no final head: every byte so far was head (llhttp buffers a partial field
-            # without limit, so the size is checked here, not only per field).
-            self._fail(UpstreamProtocolError("response head too large"))
+        if not self._status:
+            if self._bytes_received > self._max_head_bytes:
+                # Still no final head: every byte so far was head (httptools buffers a partial
+                # field without limit, so the size is checked here, not only per field).
+                self._fail(UpstreamProtocolError("response head too large"))
+        elif self._quiet > self._max_head_bytes:
+            # After the head, bytes that yield neither body nor a field are a trailer field
+            # that does not end (buffered like a head's), or framing garbage.
+            self._fail(UpstreamProtocolError("response trailer section too large"))
 
     def eof_received(self) -> bool | None:
         if not self._framed and self.head_received and not self._complete and self._error is None:
@@ -125,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._quiet = 0
         headers = self._headers
         if len(headers) >= self._max_header_fields:
             self._fail(UpstreamProtocolError("too many response fields"))
@@ -181,6 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._complete:
             self._fail(UpstreamProtocolError("body on a response that has none"))
             return
+        self._quiet = 0
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER:
@@ -254,6 +264,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error = None
         self._bytes_received = 0
+        self._quiet = 0
         self._idle_timeout = idle_timeout
         self._last_activity = self._loop.time()
 

@@ -116,3 +116,21 @@ async def test_a_trailer_section_past_the_size_limit_fails_the_exchange() -> Non
     upstream.data_received(b"0\r\nX-A: " + b"a" * 1500 + b"\r\nX-B: " + b"b" * 1500 + b"\r\n\r\n")
     with pytest.raises(UpstreamProtocolError, match="trailer section too large"):
         await body_of(upstream)
+
+
+async def test_a_trailer_field_that_never_ends_fails_the_exchange() -> None:
+    upstream = connection(max_head_bytes=2048)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Endless: ")
+    await upstream.head
+    for _ in range(3):
+        upstream.data_received(b"a" * 1000)
+    with pytest.raises(UpstreamProtocolError, match="trailer section too large"):
+        await body_of(upstream)
+
+
+async def test_a_large_body_in_large_reads_is_not_mistaken_for_a_long_trailer() -> None:
+    upstream = connection(max_head_bytes=2048)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 30000\r\n\r\n" + b"x" * 10000)
+    await upstream.head
+    upstream.data_received(b"x" * 20000)
+    assert len(await body_of(upstream)) == 30000
