@@ -39,6 +39,10 @@ DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_MAX_HEADER_FIELDS = 200
 
 
+def _size(fields: Headers) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in fields)
+
+
 class _Stop(Exception):
     """Raised in a parser callback once the exchange has failed, to stop parsing at once."""
 
@@ -67,7 +71,6 @@ class UpstreamConnection(asyncio.Protocol):
         # Fields as they are parsed: the head's, then (once the head is complete) the trailer
         # section's, which llhttp reports through the same on_header after the last chunk.
         self._headers: Headers = []
-        self._field_bytes = 0
         self._head_fields: Headers = []
         self._framed = False
         self._keep_alive = False
@@ -79,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error: UpstreamError | None = None
         self._bytes_received = 0
-        # Bytes received since the parser last gave a body piece or a field.
+        # Bytes received since the head or the last piece of body: a trailer section's size.
         self._quiet = 0
         self._idle_timeout = 0.0
         self._last_activity = 0.0
@@ -109,9 +112,9 @@ class UpstreamConnection(asyncio.Protocol):
                 # Still no final head: every byte so far was head (httptools buffers a partial
                 # field without limit, so the size is checked here, not only per field).
                 self._fail(UpstreamProtocolError("response head too large"))
-        elif self._quiet > self._max_head_bytes:
-            # After the head, bytes that yield neither body nor a field are a trailer field
-            # that does not end (buffered like a head's), or framing garbage.
+        elif self._quiet > self._max_head_bytes and not self._complete:
+            # Past the head, bytes that yield no body: after the last chunk, the trailer
+            # section, whose fields httptools buffers like a head's.
             self._fail(UpstreamProtocolError("response trailer section too large"))
 
     def eof_received(self) -> bool | None:
@@ -133,17 +136,11 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._quiet = 0
         headers = self._headers
         if len(headers) >= self._max_header_fields:
+            # The head's fields, or (after the head) the trailer section's.
             self._fail(UpstreamProtocolError("too many response fields"))
             raise _Stop
-        if self._status:
-            # A trailer field: the head's bytes are limited in data_received, these here.
-            self._field_bytes += len(name) + len(value)
-            if self._field_bytes > self._max_head_bytes:
-                self._fail(UpstreamProtocolError("response trailer section too large"))
-                raise _Stop
         name = name.lower()
         if name in _FRAMING_FIELDS:
             self._framed = True
@@ -172,7 +169,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             self._framed = False
             return
+        if self._bytes_received > self._max_head_bytes and _size(self._headers) > self._max_head_bytes:
+            # The whole head came in one read (data_received only sees heads spanning reads).
+            self._fail(UpstreamProtocolError("response head too large"))
+            raise _Stop
         self._status = status
+        self._quiet = 0
         # What follows on_header now are trailer fields: kept apart, never in the head.
         self._head_fields = self._headers
         self._headers = []
@@ -254,7 +256,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._status = 0
         self._headers = []
-        self._field_bytes = 0
         self._head_fields = []
         self._framed = False
         self._keep_alive = False

@@ -113,7 +113,7 @@ async def test_a_trailer_section_past_the_size_limit_fails_the_exchange() -> Non
     upstream = connection(max_head_bytes=2048)
     upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
     await upstream.head
-    upstream.data_received(b"0\r\nX-A: " + b"a" * 1500 + b"\r\nX-B: " + b"b" * 1500 + b"\r\n\r\n")
+    upstream.data_received(b"0\r\nX-A: " + b"a" * 1500 + b"\r\nX-B: " + b"b" * 700)  # still arriving
     with pytest.raises(UpstreamProtocolError, match="trailer section too large"):
         await body_of(upstream)
 
@@ -134,3 +134,11 @@ async def test_a_large_body_in_large_reads_is_not_mistaken_for_a_long_trailer() 
     await upstream.head
     upstream.data_received(b"x" * 20000)
     assert len(await body_of(upstream)) == 30000
+
+
+async def test_a_head_past_its_size_fails_when_it_arrives_in_one_read_with_its_body() -> None:
+    upstream = connection(max_head_bytes=2048)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 3000 + b"\r\nContent-Length: 2\r\n\r\nok")
+    await upstream.head
+    with pytest.raises(UpstreamProtocolError, match="too large"):
+        upstream.response_head()
