@@ -12,6 +12,13 @@ Timeouts are not timers per request: the pool's ticker calls `check_idle`, and a
 once nothing has moved either way for its idle timeout (nginx's proxy_read_timeout and
 proxy_send_timeout in one). A request body going out counts as progress, so a slow upload that
 keeps flowing is not cut.
+
+What the upstream sends is held to limits before it is believed: a status outside 100-599, a head
+past its byte or field limit, or a trailer section that grows past the same limits fails the
+exchange (UpstreamProtocolError, a 502 for the client), so nothing is buffered without bound.
+Trailer fields, which llhttp reports through on_header after the last chunk, are kept apart
+from the head (`trailers`) and never join it. Interim 1xx responses are dropped
+(`on_headers_complete` says why).
 """
 
 from __future__ import annotations
