@@ -41,6 +41,8 @@ class RequestContext:
     host: bytes = b""
     # The X-Forwarded-For value for the upstream: the trusted chain plus the peer address.
     forwarded_for: bytes = b""
+    # True when the peer is a trusted proxy: its identity and URL fields are kept, not stripped.
+    peer_trusted: bool = False
     started_at: float = field(default_factory=time.perf_counter)
     request_id: str = ""
     # W3C trace context to send upstream; empty when the request carries none we can continue.

@@ -25,9 +25,12 @@ class Outcome(StrEnum):
     HEAD_TOO_LARGE = "head_too_large"  # 431
     UNSUPPORTED_CODING = "unsupported_coding"  # 501: a transfer coding other than chunked
     BODY_TIMEOUT = "body_timeout"  # 408: the request body stopped arriving
+    BAD_HOST = "bad_host"  # 400: no Host on HTTP/1.1, several, or one that is no host[:port]
 
     # Refused or answered by a guard.
     REFUSED_HOST = "refused_host"
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405: a refused method, or one its route does not allow
+    SERVER_OPTIONS = "server_options"  # `OPTIONS *`, answered by guardproxy for the whole server
     CORS_REFUSED = "cors_refused"
     CORS_PREFLIGHT = "cors_preflight"
     HTTPS_REDIRECT = "https_redirect"
@@ -61,6 +64,7 @@ class Outcome(StrEnum):
 SECURITY_OUTCOMES = frozenset(
     {
         Outcome.REFUSED_HOST,
+        Outcome.METHOD_NOT_ALLOWED,
         Outcome.CORS_REFUSED,
         Outcome.TOO_LARGE,
         Outcome.BAD_PATH,
@@ -81,5 +85,6 @@ PROTOCOL_OUTCOMES = frozenset(
         Outcome.URI_TOO_LONG,
         Outcome.HEAD_TOO_LARGE,
         Outcome.UNSUPPORTED_CODING,
+        Outcome.BAD_HOST,
     }
 )

@@ -33,6 +33,7 @@ from guardproxy.guards.deprecation import build_deprecation_guard
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
 from guardproxy.guards.idempotency import IdempotencyGuard, build_idempotency_guard
+from guardproxy.guards.methods import MethodGuard
 from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.guards.paths import PathGuard
 from guardproxy.guards.rate_limit import RateLimitGuard
@@ -216,6 +217,15 @@ def rate_limit_guard(
     )
 
 
+def method_guard(settings: Settings) -> MethodGuard:
+    return MethodGuard(
+        refused=settings.methods.refused,
+        refuse_unknown=settings.methods.unknown == "refuse",
+        extensions=settings.methods.extensions,
+        route_methods={route.name: route.allowed_methods for route in settings.routes if route.allowed_methods},
+    )
+
+
 def _ignore(*_: object) -> None:
     return None
 
@@ -243,6 +253,9 @@ def build_guards(
         RequestIdGuard(trust_incoming=settings.request_id.trust_incoming),
         HostGuard(allowed=settings.hosts.allowed) if settings.hosts.allowed else None,
         cors_guard(settings),
+        # After the host check (a host this service does not answer to learns nothing of its
+        # methods) and CORS (a preflight is about the next request's method, judged here).
+        method_guard(settings),
         https_redirect_guard(settings),
         # Upstream Locations pointed back at the scheme and host established above.
         UpstreamRedirectGuard(
@@ -308,6 +321,7 @@ def build_redirect_app(settings: Settings) -> GuardChain:
     guards.append(RequestIdGuard(trust_incoming=settings.request_id.trust_incoming))
     if settings.hosts.allowed:
         guards.append(HostGuard(allowed=settings.hosts.allowed))
+    guards.append(method_guard(settings))
     guards.append(
         RedirectEverythingGuard(
             status=settings.https_redirect.status,
@@ -332,6 +346,8 @@ def build_proxy_app(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
         preserve_host=settings.upstream.preserve_host,
+        untrusted_strip=settings.trusted_proxies.untrusted_strip,
+        forward_trailers=settings.upstream.forward_trailers,
     )
     guards = build_guards(settings, metrics, rate_limit_store)
     app: ASGIApp = forwarder

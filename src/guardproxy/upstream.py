@@ -35,4 +35,6 @@ def build_pool(settings: UpstreamSettings) -> ConnectionPool:
         max_idle_connections=settings.max_idle_connections,
         idle_timeout=settings.idle_timeout,
         ssl_context=upstream_ssl_context(settings),
+        max_head_bytes=settings.max_response_head_bytes,
+        max_header_fields=settings.max_response_header_fields,
     )

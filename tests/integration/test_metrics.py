@@ -118,7 +118,7 @@ def test_protocol_refusals_are_counted_by_reason_and_as_requests(start_proxy, up
     gp = start_proxy(upstream.url, env={"GUARDPROXY_SERVER__REQUEST_HEAD_TIMEOUT": "0.5"})
     before = scrape(gp)
     assert refusals(before) == dict.fromkeys(
-        ["malformed", "head_timeout", "uri_too_long", "head_too_large", "unsupported_coding"], 0
+        ["malformed", "head_timeout", "uri_too_long", "head_too_large", "unsupported_coding", "bad_host"], 0
     )
     oversized = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
     assert parse_responses(raw_exchange(gp.port, oversized))[0].status == 431
@@ -131,6 +131,8 @@ def test_protocol_refusals_are_counted_by_reason_and_as_requests(start_proxy, up
     gzip_coding = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
     assert parse_responses(raw_exchange(gp.port, gzip_coding))[0].status == 501
     assert parse_responses(raw_exchange(gp.port, b"GET /echo HTTP/1.1\r\nHo"))[0].status == 408
+    two_hosts = b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    assert parse_responses(raw_exchange(gp.port, two_hosts))[0].status == 400
     assert httpx.get(f"{gp.url}/echo").status_code == 200  # an ordinary request, for contrast
     after = scrape(gp)
     assert refusals(after) == {
@@ -139,9 +141,10 @@ def test_protocol_refusals_are_counted_by_reason_and_as_requests(start_proxy, up
         "uri_too_long": 1,
         "head_too_large": 2,
         "unsupported_coding": 1,
+        "bad_host": 1,
     }
     # Each refusal is also one request with its real status and outcome (one error path).
-    assert requests_total(after) - requests_total(before) == 8
+    assert requests_total(after) - requests_total(before) == 9
     assert requests_by_outcome(after) == {
         "ok": 1,
         "malformed": 2,
@@ -149,6 +152,7 @@ def test_protocol_refusals_are_counted_by_reason_and_as_requests(start_proxy, up
         "uri_too_long": 1,
         "head_too_large": 2,
         "unsupported_coding": 1,
+        "bad_host": 1,
     }
 
 

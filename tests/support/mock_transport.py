@@ -21,6 +21,8 @@ class MockResponse:
     headers: Headers = field(default_factory=lambda: [(b"content-type", b"application/json")])
     chunks: Sequence[bytes] = (b'{"ok":true}',)
     fail_after: UpstreamError | None = None
+    # Trailer fields of a chunked body, handed out once the body is finished.
+    trailers: Headers = field(default_factory=list)
     closed: bool = False
     _next: int = 0
 

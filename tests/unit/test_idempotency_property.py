@@ -55,6 +55,7 @@ class Response:
         self.headers: Headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         self._body = body
         self._read = False
+        self.trailers: Headers = []
 
     async def read_chunk(self) -> bytes:
         self._read = True

@@ -41,6 +41,7 @@ from guardproxy.config.guards import (
     HostSettings,
     HstsSettings,
     HttpsRedirectSettings,
+    MethodSettings,
     PathSettings,
     RequestIdSettings,
     SecurityHeadersSettings,
@@ -79,6 +80,7 @@ class Settings(BaseSettings):
     hosts: HostSettings = HostSettings()
     https_redirect: HttpsRedirectSettings = HttpsRedirectSettings()
     request_id: RequestIdSettings = RequestIdSettings()
+    methods: MethodSettings = MethodSettings()
     security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
     cors: CorsSettings = CorsSettings()
     body_limit: BodyLimitSettings = BodyLimitSettings()
@@ -117,6 +119,14 @@ class Settings(BaseSettings):
                 check_cors(cors.origins, cors.allow_credentials)
             except ValueError as exc:
                 raise ValueError(f"routes[{route.name}].cors: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _route_methods(self) -> Settings:
+        for route in self.routes:
+            refused = sorted(set(route.allowed_methods or ()) & set(self.methods.refused))
+            if refused:
+                raise ValueError(f"routes[{route.name}].allowed_methods: {', '.join(refused)} is in methods.refused")
         return self
 
     @model_validator(mode="after")
@@ -256,6 +266,7 @@ __all__ = [
     "IdempotencyRoute",
     "IdempotencySettings",
     "LoggingSettings",
+    "MethodSettings",
     "MetricsSettings",
     "PathSettings",
     "RateLimitRule",

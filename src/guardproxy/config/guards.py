@@ -15,7 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from guardproxy.config.base import CommaList, Section
+from guardproxy.config.base import CommaList, MethodList, Section
+from guardproxy.http1.fields import CLIENT_CLAIM_FIELDS
 from guardproxy.origins import compile_origin_pattern
 from guardproxy.routes import PatternError, compile_path_pattern
 
@@ -47,6 +48,10 @@ CacheControl = Annotated[str | None, AfterValidator(_cache_control)]
 # A route's: null inherits, "" adds none.
 RouteCacheControl = Annotated[str | None, AfterValidator(_route_cache_control)]
 
+
+_STRIPPABLE = re.compile(r"[a-z0-9!#$%&'+.^_`|~-]{2,64}\*?")
+# Framing and routing fields: removing them would change what the request is, not who sent it.
+_NEVER_STRIPPED = ("host", "content-length", "transfer-encoding", "content-type", "connection", "te", "expect")
 HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
@@ -109,6 +114,11 @@ class TrustedProxySettings(Section):
     # Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host and Forwarded headers are believed.
     # None by default: then those headers are ignored and not passed on as the client's claim.
     cidrs: CommaList = []
+    # Request fields removed when the peer is not a trusted proxy: claims of client identity,
+    # original scheme/host/port/prefix or original URL/method. Lower-case names; a trailing `*`
+    # matches a prefix. Here rather than in a section of its own because it is the other half
+    # of the same decision: what is believed from a trusted peer is stripped from anyone else.
+    untrusted_strip: CommaList = list(CLIENT_CLAIM_FIELDS)
 
     @field_validator("cidrs")
     @classmethod
@@ -119,6 +129,18 @@ class TrustedProxySettings(Section):
             except ValueError:
                 raise ValueError(f"not an IP address or CIDR: {cidr!r}") from None
         return value
+
+    @field_validator("untrusted_strip")
+    @classmethod
+    def _field_names(cls, value: list[str]) -> list[str]:
+        names = [name.lower() for name in value]
+        for name in names:
+            if not _STRIPPABLE.fullmatch(name):
+                raise ValueError(f"not a header name, or a name prefix followed by '*': {name!r}")
+            prefix = name.removesuffix("*")
+            if any(kept == name or (name.endswith("*") and kept.startswith(prefix)) for kept in _NEVER_STRIPPED):
+                raise ValueError(f"{name!r} would remove a field the request cannot do without")
+        return names
 
 
 class HostSettings(Section):
@@ -310,3 +332,22 @@ def check_lifecycle(
         raise ValueError("link needs a deprecation or a sunset date")
     if sunset_link is not None and sunset is None:
         raise ValueError("sunset_link (rel=sunset) needs a sunset date")
+
+
+class MethodSettings(Section):
+    # Refused with 405 (and Allow) on every route. TRACE echoes the request back (cross-site
+    # tracing reads cookies and Authorization through it), TRACK is IIS's TRACE. CONNECT is
+    # always refused, listed or not: guardproxy is a reverse proxy and opens no tunnels.
+    refused: MethodList = ["TRACE", "TRACK"]
+    # Methods beyond GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS (and those listed in
+    # `extensions`), e.g. WebDAV's PROPFIND or PURGE: forward (the default) or refuse (405).
+    unknown: Literal["forward", "refuse"] = "forward"
+    # Extension methods the upstream serves: forwarded even when `unknown` is refuse.
+    extensions: MethodList = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MethodSettings:
+        both = sorted(set(self.refused) & set(self.extensions))
+        if both:
+            raise ValueError(f"extensions: {', '.join(both)} is also in refused")
+        return self

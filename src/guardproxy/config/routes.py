@@ -22,6 +22,9 @@ class RouteSettings(Section):
     name: Name
     path: PathPattern
     methods: MethodList | None = None
+    # Methods this route serves; any other gets 405 with Allow. `methods` selects a route,
+    # this refuses on it. GET allows HEAD too.
+    allowed_methods: MethodList | None = None
     upstream: TimeoutOverrides = TimeoutOverrides()
     body_limit: BodyLimitOverride = BodyLimitOverride()
     cors: CorsOverride = CorsOverride()
@@ -44,4 +47,17 @@ class RouteSettings(Section):
     @model_validator(mode="after")
     def _lifecycle(self) -> RouteSettings:
         check_lifecycle(self.deprecation, self.sunset, self.link, self.sunset_link, self.gone_after_sunset)
+        return self
+
+    @model_validator(mode="after")
+    def _allowed_within_selected(self) -> RouteSettings:
+        if self.allowed_methods is not None:
+            if "CONNECT" in self.allowed_methods:
+                raise ValueError("allowed_methods: CONNECT is never forwarded")
+            if self.methods is not None:
+                unreachable = sorted(set(self.allowed_methods) - set(self.methods))
+                if unreachable:
+                    raise ValueError(
+                        f"allowed_methods: {', '.join(unreachable)} never reaches this route (not in methods)"
+                    )
         return self

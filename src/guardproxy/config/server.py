@@ -118,6 +118,14 @@ class UpstreamSettings(Section):
     verify_tls: bool = True
     ca_file: Path | None = None
     health_check: HealthCheckSettings = HealthCheckSettings()
+    # The upstream's response head (status line and fields, interim responses included) and its
+    # trailer section: bytes and field count. Past either: 502, nothing buffered beyond it.
+    max_response_head_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    max_response_header_fields: Annotated[int, Field(ge=8)] = 200
+    # Pass the upstream's chunked trailer fields on as trailers to clients that can take them
+    # (HTTP/1.1, a chunked response, TE: trailers in the request); false drops them always.
+    # Never merged into the header section; framing, auth, cookie and similar fields never pass.
+    forward_trailers: bool = True
 
     # Location, Content-Location and Refresh values in the upstream's responses that point at its
     # own origin (url) or at one of internal_origins become the origin the client used (like

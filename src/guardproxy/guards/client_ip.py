@@ -4,7 +4,8 @@
 X-Forwarded-For is walked from the right: each hop that is a trusted proxy is skipped, and the
 first one that is not is the client. Trusting the leftmost entry instead would let any client
 name its own address, and with it its own rate-limit budget. From a peer that is not trusted,
-every forwarding header is ignored: the peer is the client, and what it claims is not passed on.
+every forwarding header is ignored: the peer is the client, and what it claims is not passed on
+(the forwarder removes every field of trusted_proxies.untrusted_strip from such a request).
 RFC 7239 `Forwarded` is read the same way when X-Forwarded-For is absent.
 """
 
@@ -78,6 +79,7 @@ class ClientAddressGuard(Guard):
         if not self.trusted or not self.is_trusted(parse_address(context.client_host)):
             context.forwarded_for = peer
             return
+        context.peer_trusted = True
         elements = forwarded_elements(forwarded.decode("latin-1")) if forwarded else []
         last = elements[-1] if elements else {}
         if forwarded_for:

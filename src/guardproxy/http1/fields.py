@@ -28,12 +28,58 @@ REWRITTEN_REQUEST_FIELDS = frozenset(
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        b"x-real-ip",
         b"forwarded",
         b"x-request-id",
         b"traceparent",
         b"tracestate",
         b"expect",
     }
+)
+
+# Request fields that claim who the client is, or which scheme, host, port, prefix, URL or
+# method it originally used: set by proxies and CDNs in front of an app, and believed by many
+# frameworks (Rails, Spring, ASP.NET, Symfony, Express's trust proxy, IIS URL Rewrite). From a
+# peer that is not a trusted proxy each is a client's own claim, so the forwarder removes them
+# all (trusted_proxies.untrusted_strip) and then sets the ones guardproxy vouches for itself.
+# A trailing `*` matches every name with that prefix: the whole X-Forwarded-* family, whatever
+# an app reads from it (Port, Prefix, Server, Ssl, Uri, User, Email, Client-Cert, ...).
+CLIENT_CLAIM_FIELDS = (
+    "x-forwarded-*",
+    "forwarded",
+    "x-real-ip",
+    "x-real-port",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "akamai-client-ip",
+    "x-azure-clientip",
+    "x-azure-socketip",
+    "x-appengine-user-ip",
+    "x-envoy-external-address",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "remote-user",
+    "x-remote-user",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-original-proto",
+    "x-url-scheme",
+    "x-scheme",
+    "front-end-https",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
 )
 
 VIA = b"1.1 guardproxy"
@@ -87,3 +133,65 @@ def merge_vary(headers: Headers, field: bytes) -> None:
             headers[index] = (name, value + b", " + field)
             return
     headers.append((b"vary", field))
+
+
+# RFC 9110 §6.5.1: fields whose evaluation is needed before the content, so a trailer carrying
+# one is not honoured, and a client that merges trailers into the header section (§6.5.2 says
+# it must not, some do) would be misled: framing, routing, request modifiers, authentication,
+# response controls, content format, cookies, and the security fields guardproxy decides.
+FORBIDDEN_TRAILER_FIELDS = HOP_BY_HOP | frozenset(
+    {
+        b"content-length",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"content-location",
+        b"content-language",
+        b"trailer",
+        b"host",
+        b"location",
+        b"authorization",
+        b"proxy-authorization",
+        b"www-authenticate",
+        b"proxy-authenticate",
+        b"authentication-info",
+        b"proxy-authentication-info",
+        b"set-cookie",
+        b"cookie",
+        b"cache-control",
+        b"expires",
+        b"age",
+        b"date",
+        b"pragma",
+        b"vary",
+        b"etag",
+        b"last-modified",
+        b"retry-after",
+        b"range",
+        b"expect",
+        b"max-forwards",
+        b"via",
+        b"alt-svc",
+        b"strict-transport-security",
+        b"content-security-policy",
+        b"content-security-policy-report-only",
+        b"x-frame-options",
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"permissions-policy",
+        b"cross-origin-resource-policy",
+        b"cross-origin-opener-policy",
+        b"cross-origin-embedder-policy",
+        b"x-request-id",
+    }
+)
+
+
+def trailer_fields(fields: Headers) -> Headers:
+    """The trailer fields that may be passed on as trailers (see FORBIDDEN_TRAILER_FIELDS);
+    CORS fields (`access-control-*`) are guardproxy's decision too."""
+    return [
+        field
+        for field in fields
+        if field[0] not in FORBIDDEN_TRAILER_FIELDS and not field[0].startswith(b"access-control-")
+    ]

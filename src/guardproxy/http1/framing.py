@@ -15,6 +15,8 @@ STATUS_LINES = {
 NO_BODY_STATUSES = frozenset({204, 304})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+# The last chunk when a trailer section follows it: `0\r\n`, the fields, then `\r\n` (§7.1.2).
+LAST_CHUNK_LINE = b"0\r\n"
 
 
 def status_line(status: int) -> bytes:

@@ -12,6 +12,13 @@ Timeouts are not timers per request: the pool's ticker calls `check_idle`, and a
 once nothing has moved either way for its idle timeout (nginx's proxy_read_timeout and
 proxy_send_timeout in one). A request body going out counts as progress, so a slow upload that
 keeps flowing is not cut.
+
+What the upstream sends is held to limits before it is believed: a status outside 100-599, a head
+past its byte or field limit, or a trailer section that grows past the same limits fails the
+exchange (UpstreamProtocolError, a 502 for the client), so nothing is buffered without bound.
+Trailer fields, which llhttp reports through on_header after the last chunk, are kept apart
+from the head (`trailers`) and never join it. Interim 1xx responses are dropped
+(`on_headers_complete` says why).
 """
 
 from __future__ import annotations
@@ -33,11 +40,31 @@ from guardproxy.proxy.errors import (
 )
 
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+# Generous: real response heads are a few hundred bytes; these only stop an upstream from making
+# guardproxy buffer without bound (upstream.max_response_head_bytes / _header_fields).
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_MAX_HEADER_FIELDS = 200
+
+
+def _size(fields: Headers) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in fields)
+
+
+class _Stop(Exception):
+    """Raised in a parser callback once the exchange has failed, to stop parsing at once."""
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
+    ) -> None:
         self._loop = loop
+        self._max_head_bytes = max_head_bytes
+        self._max_header_fields = max_header_fields
         self._transport: asyncio.Transport | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self.closed = False
@@ -48,7 +75,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._interim = False
         self._status = 0
+        # Fields as they are parsed: the head's, then (once the head is complete) the trailer
+        # section's, which llhttp reports through the same on_header after the last chunk.
         self._headers: Headers = []
+        self._head_fields: Headers = []
         self._framed = False
         self._keep_alive = False
         self._request_sent = True
@@ -59,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error: UpstreamError | None = None
         self._bytes_received = 0
+        # Bytes received since the head or the last piece of body: a trailer section's size.
+        self._quiet = 0
         self._idle_timeout = 0.0
         self._last_activity = 0.0
 
@@ -70,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._bytes_received += len(data)
+        self._quiet += len(data)
         self._last_activity = self._loop.time()
         if self._head is None or self._complete:
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
@@ -81,6 +114,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid response: {exc}"))
+        if not self._status:
+            if self._bytes_received > self._max_head_bytes:
+                # Still no final head: every byte so far was head (httptools buffers a partial
+                # field without limit, so the size is checked here, not only per field).
+                self._fail(UpstreamProtocolError("response head too large"))
+        elif self._quiet > self._max_head_bytes and not self._complete:
+            # Past the head, bytes that yield no body: after the last chunk, the trailer
+            # section, whose fields httptools buffers like a head's.
+            self._fail(UpstreamProtocolError("response trailer section too large"))
 
     def eof_received(self) -> bool | None:
         if not self._framed and self.head_received and not self._complete and self._error is None:
@@ -101,10 +143,15 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self._max_header_fields:
+            # The head's fields, or (after the head) the trailer section's.
+            self._fail(UpstreamProtocolError("too many response fields"))
+            raise _Stop
         name = name.lower()
         if name in _FRAMING_FIELDS:
             self._framed = True
-        self._headers.append((name, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
@@ -113,13 +160,31 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("more than one response to one request"))
             return
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: a status is three digits, 1xx to 5xx; llhttp passes any three.
+            self._fail(UpstreamProtocolError(f"status {status} is outside 100-599"))
+            raise _Stop
         if status < 200:
-            # An interim response (100 Continue, 103 Early Hints): wait for the final one.
+            # An interim response (100 Continue, 103 Early Hints): dropped, on purpose, and the
+            # final one awaited. guardproxy answers 100-continue itself; 103 would reach the
+            # client before the security, CORS and header-removal hooks could judge its fields
+            # (they run on the final head), it is for browsers preloading a page's
+            # subresources, which an API does not have, and some HTTP/1.1 clients mistake an
+            # unexpected 1xx for the response (RFC 8297 §3). Its bytes count toward the limit
+            # on the head's size.
             self._interim = True
             self._headers = []
             self._framed = False
             return
+        if self._bytes_received > self._max_head_bytes and _size(self._headers) > self._max_head_bytes:
+            # The whole head came in one read (data_received only sees heads spanning reads).
+            self._fail(UpstreamProtocolError("response head too large"))
+            raise _Stop
         self._status = status
+        self._quiet = 0
+        # What follows on_header now are trailer fields: kept apart, never in the head.
+        self._head_fields = self._headers
+        self._headers = []
         if status in NO_BODY_STATUSES:
             self._framed = True
         # Read now: llhttp resets its flags once the message is complete.
@@ -134,6 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._complete:
             self._fail(UpstreamProtocolError("body on a response that has none"))
             return
+        self._quiet = 0
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER:
@@ -181,6 +247,11 @@ class UpstreamConnection(asyncio.Protocol):
     def body_drained(self) -> bool:
         return self._complete and not self._chunks
 
+    @property
+    def trailers(self) -> Headers:
+        """The trailer fields once the body is complete (lower-case names, as received)."""
+        return self._headers if self._status and self._complete else []
+
     def begin(self, *, head_only: bool, idle_timeout: float) -> None:
         """Start an exchange that fails once nothing moves either way for `idle_timeout` seconds."""
         if self._parser is None or self._head_only:
@@ -192,6 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._status = 0
         self._headers = []
+        self._head_fields = []
         self._framed = False
         self._keep_alive = False
         self._request_sent = True
@@ -200,6 +272,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._error = None
         self._bytes_received = 0
+        self._quiet = 0
         self._idle_timeout = idle_timeout
         self._last_activity = self._loop.time()
 
@@ -220,7 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Status and fields once `head` is done; raises what failed the exchange before then."""
         if self._error is not None and not self._status:
             raise self._error
-        return self._status, self._headers
+        return self._status, self._head_fields
 
     async def read_chunk(self) -> bytes:
         while not self._chunks:

@@ -1,7 +1,10 @@
 """The ASGI endpoint at the end of the guard chain: relays one request to the upstream.
 
 Bodies stream in both directions (a chunk at a time, with backpressure); the method, raw path
-and raw query go out byte for byte. Failures before the response starts become RFC 9457
+and raw query go out byte for byte. From a peer that is not a trusted proxy, every field that
+claims client identity or the original scheme, host, port, prefix, URL or method is removed
+(trusted_proxies.untrusted_strip); X-Forwarded-For/-Proto/-Host/-Port and X-Real-IP are then
+guardproxy's own, from what it verified. Failures before the response starts become RFC 9457
 problems (502/503/504); after it has started, the client connection is cut so that a truncated
 body can never be mistaken for a complete one.
 """
@@ -10,20 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import structlog
 
 from guardproxy import problems
 from guardproxy.answer import Answer, ResponseAbortedError
-from guardproxy.asgi import Headers, Receive, Scope, Send
+from guardproxy.asgi import Headers, Message, Receive, Scope, Send
 from guardproxy.context import CONTEXT_KEY, RequestContext
 from guardproxy.http1.fields import (
+    CLIENT_CLAIM_FIELDS,
     HOP_BY_HOP,
     REWRITTEN_REQUEST_FIELDS,
     VIA,
     end_to_end,
     strip_response_headers,
+    trailer_fields,
 )
 from guardproxy.outcomes import Outcome
 from guardproxy.proxy.errors import (
@@ -46,10 +51,28 @@ class ClientDisconnectedError(Exception):
 
 
 class Forwarder:
-    def __init__(self, transport: UpstreamTransport, *, upstream_authority: bytes, preserve_host: bool):
+    def __init__(
+        self,
+        transport: UpstreamTransport,
+        *,
+        upstream_authority: bytes,
+        preserve_host: bool,
+        untrusted_strip: Iterable[str] = CLIENT_CLAIM_FIELDS,
+        forward_trailers: bool = True,
+    ):
         self._transport = transport
         self._upstream_authority = upstream_authority
         self._preserve_host = preserve_host
+        self._forward_trailers = forward_trailers
+        # Chosen per request by whether the peer is a trusted proxy, so the pass over the
+        # client's fields stays one pass. X-Forwarded-Port is guardproxy's own for an untrusted
+        # peer (it is set below), and a trusted proxy's otherwise.
+        names = [name.lower().encode("ascii") for name in untrusted_strip]
+        self._drop_from_trusted = _DROPPED_REQUEST_FIELDS
+        self._drop_from_untrusted = (
+            _DROPPED_REQUEST_FIELDS | {b"x-forwarded-port"} | {name for name in names if not name.endswith(b"*")}
+        )
+        self._untrusted_prefixes = tuple(name[:-1] for name in names if name.endswith(b"*"))
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Hands back the coroutine that does the work: no coroutine of its own per request.
@@ -73,7 +96,7 @@ class Forwarder:
             await self._answer_failure(scope, send, context, UpstreamTimeoutError("total timeout"))
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
-        request = self._upstream_request(scope, context, receive)
+        request, takes_trailers = self._upstream_request(scope, context, receive)
         started = time.perf_counter()
         try:
             response = await self._transport.send(request)
@@ -85,14 +108,19 @@ class Forwarder:
             return
         context.upstream_seconds = time.perf_counter() - started
         context.status = response.status
+        # Upstream trailer fields go on as trailers only to a client that said it takes them
+        # (RFC 9110 §10.1.4); the exchange sends them only after a chunked body, and drops
+        # them otherwise. They never join the header section.
+        trailers = takes_trailers and self._forward_trailers and scope["http_version"] == "1.1"
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": strip_response_headers(response.headers, response.status),
-                }
-            )
+            start: Message = {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": strip_response_headers(response.headers, response.status),
+            }
+            if trailers:
+                start["trailers"] = True
+            await send(start)
             while True:
                 # Each chunk goes out as soon as it arrives (server-sent events depend on it);
                 # the last one says so when the body is already complete, saving a send.
@@ -100,6 +128,9 @@ class Forwarder:
                 finished = response.finished
                 await send({"type": "http.response.body", "body": chunk, "more_body": not finished})
                 if finished:
+                    if trailers:
+                        fields = trailer_fields(response.trailers)
+                        await send({"type": "http.response.trailers", "headers": fields, "more_trailers": False})
                     return
         except OSError:
             # The client left (ASGI 2.4 send raises OSError): stop reading the upstream's body;
@@ -119,54 +150,74 @@ class Forwarder:
         finally:
             response.close()
 
-    def _upstream_request(self, scope: Scope, context: RequestContext, receive: Receive) -> UpstreamRequest:
+    def _upstream_request(  # noqa: PLR0912, PLR0915 - one pass on the hot path, kept in one piece
+        self, scope: Scope, context: RequestContext, receive: Receive
+    ) -> tuple[UpstreamRequest, bool]:
+        """The request for the upstream, and whether the client takes trailers."""
         client_headers: Headers = scope["headers"]
+        trusted = context.peer_trusted
+        drop = self._drop_from_trusted if trusted else self._drop_from_untrusted
+        prefixes = () if trusted else self._untrusted_prefixes
         # One pass over the client's fields: what passes on, and what framing and Host say.
         headers: Headers = []
         host: bytes | None = None
         content_length: int | None = None
         chunked = False
         connection_named = False
+        takes_trailers = False
         for field in client_headers:
             name = field[0]
-            if name in _DROPPED_REQUEST_FIELDS:
+            if name in drop:
                 if name == b"host":
                     host = field[1]
                 elif name == b"transfer-encoding":
                     chunked = True
                 elif name == b"connection":
                     connection_named = True
+                elif name == b"te":
+                    takes_trailers = b"trailers" in field[1].lower()
+                continue
+            if prefixes and name.startswith(prefixes):
                 continue
             if name == b"content-length":
                 content_length = int(field[1])
             headers.append(field)
         if connection_named:
             # Rare: a Connection field may name others to remove (RFC 9110 §7.6.1).
-            headers = end_to_end(client_headers, _DROPPED_REQUEST_FIELDS)
-        request_id = context.request_id
+            headers = end_to_end(client_headers, drop)
+            if prefixes:
+                headers = [field for field in headers if not field[0].startswith(prefixes)]
+        # The fields guardproxy sets itself, from what it verified. For an untrusted peer the
+        # client is the peer, whose address ClientAddressGuard already encoded.
+        client = context.forwarded_for if not trusted and context.forwarded_for else context.client_host.encode("ascii")
         headers += (
             (b"host", host if self._preserve_host and host else self._upstream_authority),
-            (b"x-forwarded-for", context.forwarded_for or context.client_host.encode("ascii")),
+            (b"x-forwarded-for", context.forwarded_for or client),
             (b"x-forwarded-proto", _SCHEMES.get(context.scheme) or context.scheme.encode("ascii")),
+            (b"x-real-ip", client),
             (b"via", VIA),
         )
+        server = scope.get("server")  # optional in ASGI (None when unknown)
+        if not trusted and server is not None:
+            # The port the client connected to; a trusted proxy's own X-Forwarded-Port is kept.
+            headers.append(_PORT_FIELDS.get(server[1]) or _port_field(server[1]))
         forwarded_host = context.host or host
         if forwarded_host:
             headers.append((b"x-forwarded-host", forwarded_host))
+        request_id = context.request_id
         if request_id:
             headers.append((b"x-request-id", request_id.encode("ascii")))
         if context.traceparent:
             headers.append((b"traceparent", context.traceparent))
             if context.tracestate:
                 headers.append((b"tracestate", context.tracestate))
-
         target = scope["raw_path"]
         query = scope["query_string"]
         if query:
             target += b"?" + query
         route = context.route
         method: str = scope["method"]
-        return UpstreamRequest(
+        request = UpstreamRequest(
             method=_METHODS.get(method) or method.encode("ascii"),
             target=target,
             headers=headers,
@@ -175,6 +226,7 @@ class Forwarder:
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
         )
+        return request, takes_trailers
 
     async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):
@@ -201,6 +253,15 @@ class Forwarder:
         )
         headers = [(b"retry-after", b"1")] if isinstance(exc, PoolExhaustedError) else []
         await Answer.problem(scope, problem, detail, headers).send(send)
+
+
+# The X-Forwarded-Port field by listener port: built once, not per request.
+_PORT_FIELDS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _port_field(port: int) -> tuple[bytes, bytes]:
+    field = _PORT_FIELDS[port] = (b"x-forwarded-port", b"%d" % port)
+    return field
 
 
 async def _request_body(receive: Receive, context: RequestContext) -> AsyncIterator[bytes]:

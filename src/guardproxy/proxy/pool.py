@@ -21,7 +21,7 @@ from typing import Any
 
 from guardproxy.asgi import Headers
 from guardproxy.http1 import framing
-from guardproxy.proxy.connection import UpstreamConnection
+from guardproxy.proxy.connection import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADER_FIELDS, UpstreamConnection
 from guardproxy.proxy.errors import (
     PoolExhaustedError,
     UpstreamClosedError,
@@ -68,6 +68,10 @@ class PooledResponse:
     def finished(self) -> bool:
         return self._connection is None or self._connection.body_drained
 
+    @property
+    def trailers(self) -> Headers:
+        return self._connection.trailers if self._connection is not None else []
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -83,8 +87,12 @@ class ConnectionPool:
         max_idle_connections: int,
         idle_timeout: float,
         ssl_context: ssl.SSLContext | None,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
     ) -> None:
         self.origin = origin
+        self._max_head_bytes = max_head_bytes
+        self._max_header_fields = max_header_fields
         self._max_connections = max_connections
         self._max_idle = max_idle_connections
         self._idle_timeout = idle_timeout
@@ -183,7 +191,9 @@ class ConnectionPool:
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: UpstreamConnection(loop),
+                    lambda: UpstreamConnection(
+                        loop, max_head_bytes=self._max_head_bytes, max_header_fields=self._max_header_fields
+                    ),
                     self.origin.host,
                     self.origin.port,
                     ssl=self._ssl,

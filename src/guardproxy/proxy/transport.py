@@ -38,6 +38,11 @@ class UpstreamResponse(Protocol):
     def finished(self) -> bool:
         """True once every byte of the body has been handed out by `read_chunk`."""
 
+    @property
+    def trailers(self) -> Headers:
+        """The trailer fields of a chunked body, as received, once `finished`; never part of
+        `headers`."""
+
     def close(self) -> None:
         """Give the connection back (if the exchange finished cleanly) or drop it."""
 

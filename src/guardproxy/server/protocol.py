@@ -1,20 +1,19 @@
 """guardproxy's HTTP/1.1 server protocol, plugged into uvicorn as its `http` protocol class.
 
-uvicorn still runs the process: listeners, connection tracking, graceful shutdown, the admin app.
-The proxy listener's per-connection protocol is guardproxy's own because measurements decided
-it (bench/, README "Performance"): uvicorn's httptools protocol spent ~25 µs of CPU per request
-here, more than the whole guard chain, on work a proxy does not need (a regex over every response
-header guardproxy already validated, timers armed and cancelled per request, two writes per
-response).
+uvicorn still runs the process: listeners, connection tracking, graceful shutdown, the admin
+app. The per-connection protocol is guardproxy's own because uvicorn's spent ~25 µs of CPU per
+request here (bench/) on work a proxy does not need: a regex over every response header,
+timers armed per request, two writes per response.
 
 Parsing is httptools (llhttp), which refuses Content-Length with Transfer-Encoding, duplicate or
 signed Content-Length, bad chunk sizes, bare CR/LF, NUL and obs-fold (RFC 9112 §6.1, §6.3). On
 top of it this module:
-- answers every malformed request with an RFC 9457 problem and closes the connection, because
-  its framing can no longer be trusted;
+- answers every malformed request with a problem (through the chain) and closes the connection;
 - refuses a transfer coding other than exactly `chunked` before any guard sees the request
   (decoded chunks under a dropped gzip coding would reach the upstream corrupted);
 - limits the request line (414), the head's size and field count (431);
+- holds the request target and Host to RFC 9112 §3.2 (http1/targets.py): 400 for a missing,
+  repeated or invalid Host, and an absolute-form target's authority replaces Host;
 - enforces deadlines that trickling bytes cannot extend: the request head (408), body progress
   (408), idle keep-alive;
 - raises OSError from `send` once the client is gone (ASGI 2.4), so a long download stops
@@ -38,6 +37,7 @@ from guardproxy import problems
 from guardproxy.answer import RefusedError
 from guardproxy.asgi import Headers
 from guardproxy.http1.flow import HIGH_WATER, FlowControl
+from guardproxy.http1.targets import VALID_HOSTS, valid_host, vet_target
 from guardproxy.outcomes import Outcome
 from guardproxy.server.exchange import Exchange
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
@@ -208,8 +208,13 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         headers = self._headers
+        host: bytes | None = None
+        hosts = 0
         for name, value in headers:
-            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            if name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 codings = [coding.strip() for coding in value.lower().split(b",")]
                 if codings[-1] == b"chunked":
                     # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does
@@ -228,16 +233,27 @@ class ProxyHttpProtocol(asyncio.Protocol):
             # llhttp accepts an HTTP/0.9 request line ("GET /x"); nothing behind a proxy should.
             self._refuse(problems.BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 requests are accepted.", Outcome.MALFORMED)
             raise _RequestRefused
+        method = parser.get_method()
+        target = self._url
         try:
-            url = httptools.parse_url(self._url)
+            url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
-            self._refuse(problems.BAD_REQUEST, "The request target is not a valid URL.", Outcome.MALFORMED)
-            raise _RequestRefused from None
-        raw_path: bytes = url.path
+            url = None
+        # The usual request, origin-form (the target begins with `/`) with one Host seen valid
+        # before, costs these tests; anything else is judged by http1/targets.py (RFC 9112 §3.2).
+        if url is None or hosts != 1 or target[:1] != b"/" or (host not in VALID_HOSTS and not valid_host(host or b"")):
+            try:
+                raw_path, query = vet_target(
+                    method, target, url, headers=headers, http_version=http_version, hosts=hosts, host=host
+                )
+            except RefusedError as refusal:
+                self._refuse(refusal.problem, refusal.detail, refusal.outcome)
+                raise _RequestRefused from None
+        else:
+            raw_path, query = url.path, url.query
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        method = parser.get_method()
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -249,7 +265,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "root_path": "",
             "path": path,
             "raw_path": raw_path,
-            "query_string": url.query or b"",
+            "query_string": query or b"",
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
