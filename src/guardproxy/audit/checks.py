@@ -1,7 +1,7 @@
 """The catalogue of checks: which checklist item each observes, how much it weighs, and the
 guardproxy setting that fixes it.
 
-Every flag and setting named here is a real one; tests/unit/test_audit_checks.py resolves each
+Every flag and setting named here is a real one; tests/unit/audit/test_checks.py resolves each
 against the CLI's FLAGS table and the Settings model, so a renamed setting breaks a test, not a
 report. A fix of None means guardproxy cannot fix it (the API itself must change).
 """

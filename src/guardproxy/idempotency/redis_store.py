@@ -68,7 +68,7 @@ def _bulk(value: bytes) -> bytes:
 
 
 def _pack(head: bytes, key: str, args: tuple[bytes | int, ...]) -> bytes:
-    """EVALSHA in RESP, byte for byte what redis-py packs (tests/unit/test_idempotency_store.py)."""
+    """EVALSHA in RESP, byte for byte what redis-py packs (tests/unit/idempotency/test_store.py)."""
     parts = [b"*%d\r\n" % (4 + len(args)), head, _bulk(key.encode())]
     parts += [_bulk(arg if isinstance(arg, bytes) else b"%d" % arg) for arg in args]
     return b"".join(parts)

@@ -363,7 +363,7 @@ def _add_observations(histogram: Any, counts: list[int], total: float) -> None:
     """Add counted observations to a histogram child: counts[i] of them in bucket i, summing to
     `total`. prometheus-client has no bulk observe(); its buckets and sum are value objects (an
     mmap'd file in multiprocess mode), so each touched bucket is written once per flush rather
-    than once per request. tests/unit/test_metrics.py checks the result against observe()."""
+    than once per request. tests/unit/observability/test_metrics.py checks the result against observe()."""
     buckets = histogram._buckets
     for index, count in enumerate(counts):
         if count:

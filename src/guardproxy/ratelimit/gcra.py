@@ -6,8 +6,8 @@ budget would be fully restored. What a decision needs is the *backlog*, TAT minu
 negative): a request is admitted when its own interval still fits under the tolerance, B
 intervals. No windows, so no double burst at a window boundary, and O(1) state per key.
 
-The same decision is made by the Lua script in redis_store.py. tests/unit/test_gcra.py checks the
-memory store against a reference model, and tests/unit/test_redis_store.py checks the script
+The same decision is made by the Lua script in redis_store.py. tests/unit/ratelimit/test_gcra.py checks the
+memory store against a reference model, and tests/unit/ratelimit/test_redis_store.py checks the script
 against the memory store.
 """
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from guardproxy.config import RateLimitRule, RouteSettings, Settings, load_settings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "guardproxy.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "guardproxy.yaml"
 
 
 def _missing_keys(model: type[BaseModel], values: dict[str, Any], prefix: str = "") -> list[str]:

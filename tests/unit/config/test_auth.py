@@ -173,7 +173,7 @@ def test_the_example_providers_load_and_show_every_provider_option(tmp_path: Pat
 
     from guardproxy.config.auth import JwtProvider  # noqa: PLC0415
 
-    lines = (Path(__file__).resolve().parents[2] / "config" / "guardproxy.yaml").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[3] / "config" / "guardproxy.yaml").read_text().splitlines()
     start = lines.index("    # providers:")
     block = []
     for line in lines[start:]:

@@ -21,7 +21,7 @@ from guardproxy.idempotency.ledger import Ledger
 from guardproxy.idempotency.store import MemoryIdempotencyStore
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.routes import Route, RoutePolicy, RouteTable, compile_path_pattern
-from tests.unit.test_idempotency_property import GateTransport
+from tests.unit.idempotency.test_state_machine import GateTransport
 
 PAY = RoutePolicy(name="pay", connect_timeout=1, read_timeout=1, total_timeout=None, max_body_bytes=1000)
 OTHER = RoutePolicy(name="default", connect_timeout=1, read_timeout=1, total_timeout=None, max_body_bytes=1000)

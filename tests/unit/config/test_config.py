@@ -15,7 +15,7 @@ import trustme
 from guardproxy.config import ConfigError, Settings, load_settings
 
 UPSTREAM = {"upstream": {"url": "http://127.0.0.1:8000"}}
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "guardproxy.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "config" / "guardproxy.yaml"
 
 
 @pytest.fixture(autouse=True)
