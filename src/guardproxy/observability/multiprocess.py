@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterable
@@ -94,13 +95,30 @@ class _Aggregated(Collector):
     (a labelled counter before its first event): the same families as with one worker."""
 
     def __init__(self, path: str, declared: Iterable[Metric]) -> None:
-        self._files = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self._path = Path(path)
         self._declared = list(declared)
 
     def collect(self) -> Iterable[Metric]:
-        merged = list(self._files.collect())  # type: ignore[no-untyped-call]
+        # A worker that is starting creates its file empty and sizes it a moment later, and the
+        # supervisor removes a dead worker's: a scrape in between must not fail (prometheus-client
+        # cannot mmap an empty file). Such a file holds nothing yet, or nothing any more.
+        for attempt in range(3):
+            files = [str(path) for path in self._path.glob("*.db") if _has_content(path)]
+            try:
+                merged = list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+                break
+            except (FileNotFoundError, ValueError, struct.error):
+                if attempt == 2:
+                    raise
         present = {metric.name for metric in merged}
         return merged + [metric for metric in self._declared if metric.name not in present]
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def aggregated_registry(path: str, families: CollectorRegistry) -> CollectorRegistry:

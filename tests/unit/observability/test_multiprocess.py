@@ -149,3 +149,12 @@ def test_families_without_samples_are_still_described(tmp_path: Path) -> None:
     text = generate_latest(aggregated_registry(str(tmp_path), families)).decode()
     assert "# HELP example_decisions_total Decisions.\n# TYPE example_decisions_total counter\n" in text
     assert "python_info{" in text
+
+
+def test_a_worker_file_still_being_created_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    run_worker(tmp_path, requests=3, in_flight=0, fallback=0)
+    # A worker starting up has created its file but not sized it yet: prometheus-client alone
+    # fails the whole scrape on it ("cannot mmap an empty file").
+    (tmp_path / "counter_999999.db").touch()
+    labels = {"route": "default", "method": "GET", "status_class": "2xx", "outcome": "ok"}
+    assert scrape(tmp_path)[("guardproxy_requests_total", frozenset(labels.items()))] == 3
