@@ -34,7 +34,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from cpu_per_request import cpu_seconds
+from procstat import cpu_seconds
 from guardproxy.context import RequestContext
 from guardproxy.guards.auth.guard import AuthGuard
 from guardproxy.guards.auth.jwks import parse_jwks

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from cpu_per_request import cpu_seconds
+from procstat import cpu_seconds
 from run import free_port, start_guardproxy, start_nginx, tools_present, wait_for
 
 _SCRIPT = """

@@ -58,3 +58,9 @@ def usage(pids: list[int]) -> Usage:
         user += int(fields[11]) / _CLOCK_TICKS
         system += int(fields[12]) / _CLOCK_TICKS
     return Usage(user, system, faults)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` and its descendants so far."""
+    spent = usage(tree(pid))
+    return spent.user, spent.system
