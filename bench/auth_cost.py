@@ -34,13 +34,13 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from procstat import cpu_seconds
 from guardproxy.context import RequestContext
 from guardproxy.guards.auth.guard import AuthGuard
 from guardproxy.guards.auth.jwks import parse_jwks
 from guardproxy.guards.auth.jwt_provider import TokenVerifier, token_header
 from guardproxy.guards.auth.policy import AuthPolicy
 from guardproxy.routes import RoutePolicy
+from procstat import cpu_seconds
 from run import free_port, start_guardproxy, start_nginx, tools_present, wait_for
 
 ISSUER, AUDIENCE = "https://idp.bench/realms/bench", "bench-api"
