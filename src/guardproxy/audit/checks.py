@@ -196,7 +196,7 @@ CHECKS: tuple[Check, ...] = (
         None,
         "TRACE is refused (cross-site tracing)",
         2,
-        Fix(note="not in this version: guardproxy forwards TRACE, so the API must refuse it"),
+        Fix(settings=("methods.refused",), note="TRACE and TRACK by default"),
     ),
 )
 
