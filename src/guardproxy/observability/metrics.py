@@ -27,6 +27,8 @@ from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 FLUSH_INTERVAL = 1.0
 RATELIMIT_DECISIONS = ("allowed", "limited", "dry_run_limited")
 RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
+# applied: all of it; partial: all but restart-only settings; failed: nothing (invalid config).
+CONFIG_RELOAD_RESULTS = ("applied", "partial", "failed")
 IDEMPOTENCY_STORE_ERROR_KINDS = ("timeout", "connection", "script", "corrupt", "other")
 _UPSTREAM_FAILURES: dict[str, str] = {
     Outcome.UPSTREAM_ERROR: "unavailable",
@@ -165,6 +167,12 @@ class ProxyMetrics:
             "Log lines dropped because the log consumer fell behind.",
             registry=registry,
         )
+        self.config_reloads = Counter(
+            "guardproxy_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result.",
+            ["result"],
+            registry=registry,
+        )
         # Rate limiting: the limiter counts its own decisions into these.
         self.ratelimit_decisions = Counter(
             "guardproxy_ratelimit_decisions_total",
@@ -234,6 +242,8 @@ class ProxyMetrics:
             self.ratelimit_store_errors.labels(kind)
         for kind in IDEMPOTENCY_STORE_ERROR_KINDS:
             self.idempotency_store_errors.labels(kind)
+        for result in CONFIG_RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         self.workers.set(1)
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry
