@@ -246,3 +246,58 @@ def test_reload_command_with_the_pid_file_of_run(start_proxy, upstream, tmp_path
     assert sent.returncode == 0, sent.stderr
     wait_until(lambda: reload_count(gp, "applied") == 1)
     assert allowed_origin(gp, "https://cli.example") == "https://cli.example"
+
+
+def process_figures(pid: int) -> tuple[int, int]:
+    """(RSS in kB, open file descriptors) of a process, read from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_hundred_reloads_under_load_fail_no_request_and_leak_nothing(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path / "gp.yaml", upstream.url, rate_limit={"per_client_ip": "1000000/second"})
+    gp = start_proxy(upstream.url, "--config", str(config))
+    stop = threading.Event()
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def load() -> None:
+        # Keep-alive clients: a fixed number of client connections, so the fd count means something.
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get(f"{gp.url}/echo", headers={"Origin": "https://n1.example"})
+                    key = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                with lock:
+                    outcomes[key] = outcomes.get(key, 0) + 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for index in range(110):
+            if index == 10:  # after a warm-up: the first reloads fill caches and import lazily
+                before = process_figures(gp.process.pid)
+            write_config(
+                config,
+                upstream.url,
+                rate_limit={"per_client_ip": "1000000/second"},
+                cors={"origins": [f"https://n{index % 2}.example"]},
+            )
+            reload(gp)
+        after = process_figures(gp.process.pid)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    figures = f"RSS {before[0]} kB -> {after[0]} kB, fds {before[1]} -> {after[1]}, responses {outcomes}"
+    print(figures)
+    (Path(os.environ.get("RELOAD_FIGURES_DIR", tmp_path)) / "reload-figures.txt").write_text(figures + "\n")
+    assert set(outcomes) == {"200"}, figures
+    assert outcomes["200"] > 200, figures
+    assert after[1] <= before[1] + 4, figures
+    assert after[0] - before[0] < 8 * 1024, figures  # kB
+    assert reload_count(gp, "applied") == 110
