@@ -301,3 +301,20 @@ def test_a_hundred_reloads_under_load_fail_no_request_and_leak_nothing(start_pro
     assert after[1] <= before[1] + 4, figures
     assert after[0] - before[0] < 8 * 1024, figures  # kB
     assert reload_count(gp, "applied") == 110
+
+
+def test_access_log_lines_keep_flowing_across_reloads_and_none_is_lost(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path / "gp.yaml", upstream.url)
+    gp = start_proxy(upstream.url, "--config", str(config))
+    sent = []
+    with httpx.Client() as client:
+        for round_ in range(5):
+            for index in range(20):
+                request_id = f"reload-{round_}-{index}"
+                assert client.get(f"{gp.url}/echo", headers={"X-Request-ID": request_id}).status_code == 200
+                sent.append(request_id)
+            write_config(config, upstream.url, cors={"origins": [f"https://r{round_}.example"]})
+            reload(gp)
+    assert gp.stop() == 0
+    logged = {line.get("request_id") for line in log_lines(gp) if line.get("event") == "request"}
+    assert set(sent) <= logged
