@@ -56,8 +56,14 @@ def allowed_origin(proxy: Guardproxy, origin: str) -> str | None:
 
 def workers(proxy: Guardproxy) -> list[psutil.Process]:
     # (multiprocessing's spawn context also starts a resource tracker child)
-    children = psutil.Process(proxy.process.pid).children()
-    return [child for child in children if "spawn_main" in " ".join(child.cmdline()) and child.is_running()]
+    found = []
+    for child in psutil.Process(proxy.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:
+            continue  # gone, or a zombie not yet reaped by the supervisor
+    return found
 
 
 def statuses(url: str, count: int) -> list[int]:
@@ -223,12 +229,26 @@ def test_with_two_workers_both_reload(start_proxy, upstream, tmp_path) -> None: 
     wait_until(lambda: len(workers(gp)) == 2, timeout=20)
     write_config(config, upstream.url, cors={"origins": ["https://new.example"]})
     reload(gp, workers=2)
-    # Fresh connections land on either worker: every one of them answers from the new config.
+    # Fresh connections land on either worker (the kernel chooses): none answers from the old config.
     answers = {allowed_origin(gp, "https://new.example") for _ in range(20)}
     assert answers == {"https://new.example"}
     assert {allowed_origin(gp, "https://old.example") for _ in range(20)} == {None}
     applied = [line for line in log_lines(gp) if line.get("event") == "configuration reloaded"]
-    assert len(applied) == 2
+    assert {line["pid"] for line in applied} == {worker.pid for worker in workers(gp)}  # each worker, once
+    # A worker started after the reload (here: after a crash) starts from the reloaded config.
+    reloaded_hash = applied[0]["config_hash"]
+    victim = workers(gp)[0]
+    victim.kill()
+    wait_until(lambda: len(workers(gp)) == 2 and victim not in workers(gp), timeout=30)
+    survivors = {worker.pid for worker in workers(gp)}
+    newcomer = next(iter(survivors - {line["pid"] for line in applied}))
+
+    def serving_hash() -> str | None:
+        lines = [line for line in log_lines(gp) if line.get("event") == "worker serving" and line["pid"] == newcomer]
+        return lines[-1]["config_hash"] if lines else None
+
+    wait_until(lambda: serving_hash() is not None, timeout=30)
+    assert serving_hash() == reloaded_hash
 
 
 def test_reload_command_with_the_pid_file_of_run(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -157,10 +157,10 @@ async def serve(settings: Settings, listeners: Listeners, source: ConfigSource |
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
     reloader = Reloader(source or ConfigSource(), current, lifecycle=lifecycle, metrics=metrics)
-    loop.add_signal_handler(signal.SIGHUP, reloader.request)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELOAD_SIGNALS)
+    _handle_reloads(loop, reloader)
     _tune_gc()
     await current.runtime.start()
+    log.info("worker serving", pid=os.getpid(), config_hash=(current.runtime.readiness.config or {}).get("hash"))
     if metrics is not None:
         metrics.start_flushing()
     admin_task = asyncio.create_task(admin.serve(sockets=[listeners.admin]))
@@ -179,6 +179,11 @@ async def serve(settings: Settings, listeners: Listeners, source: ConfigSource |
             metrics.stop_flushing()
         admin.should_exit = True
         await admin_task
+
+
+def _handle_reloads(loop: asyncio.AbstractEventLoop, reloader: Reloader) -> None:
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELOAD_SIGNALS)  # a SIGHUP that waited arrives now
 
 
 def _tune_gc() -> None:

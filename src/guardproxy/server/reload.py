@@ -15,6 +15,7 @@ Nothing here runs per request: a reload costs the request path nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import structlog
@@ -92,6 +93,7 @@ class Reloader:
         result = "partial" if changes else "applied"
         log.info(
             "configuration reloaded",
+            pid=os.getpid(),
             result=result,
             config_hash=fresh.readiness.config["hash"] if fresh.readiness.config else None,
             not_applied=[change.setting for change in changes] or None,
