@@ -56,6 +56,10 @@ class Reloader:
         self._retiring: set[asyncio.Task[None]] = set()
 
     def request(self) -> None:
+        if self._lifecycle.draining:
+            # Stopping: a new runtime would serve nobody and only delay the exit.
+            log.warning("reload ignored: the worker is draining")
+            return
         if self._task is not None and not self._task.done():
             self._again = True
             return

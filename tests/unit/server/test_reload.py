@@ -196,6 +196,17 @@ async def test_a_hundred_reloads_leave_one_runtime_and_no_tasks(proxy: Proxy) ->
         assert before["Readiness._run"] == 1
 
 
+async def test_a_draining_worker_ignores_reloads(proxy: Proxy) -> None:
+    async with proxy:
+        running = proxy.current.runtime
+        proxy.lifecycle.draining = True
+        proxy.reloader.request()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert proxy.current.runtime is running
+        assert proxy.reloads("applied") == proxy.reloads("failed") == 0
+
+
 def test_the_supervisor_keeps_its_settings_when_the_file_is_invalid(proxy: Proxy) -> None:
     running = proxy.source.load()
     proxy.write(server={"workers": "many"})
