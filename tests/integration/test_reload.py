@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import psutil
 import yaml
 
 from tests.support.processes import Guardproxy, free_port, port_open, wait_until
+from tests.support.tls import write_certificate
 
 
 def write_config(path: Path, upstream_url: str, **sections: Any) -> Path:
@@ -338,3 +340,47 @@ def test_access_log_lines_keep_flowing_across_reloads_and_none_is_lost(start_pro
     assert gp.stop() == 0
     logged = {line.get("request_id") for line in log_lines(gp) if line.get("event") == "request"}
     assert set(sent) <= logged
+
+
+def https_status(proxy: Guardproxy, ca_file: Path) -> int | str:
+    """The status over a new TLS connection that trusts only `ca_file`, or the failure's name."""
+    try:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file))) as client:
+            return client.get(f"https://localhost:{proxy.port}/echo").status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+def test_rotated_certificate_files_reload_and_broken_ones_keep_the_old_pair(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first_ca, cert, key = write_certificate(tmp_path, "localhost")
+    config = write_config(tmp_path / "gp.yaml", upstream.url, server={"tls_cert": str(cert), "tls_key": str(key)})
+    gp = start_proxy(upstream.url, "--config", str(config))
+    assert https_status(gp, first_ca) == 200
+    # Files rotated in place (as cert-manager or certbot do): new handshakes get the new pair.
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    second_ca, new_cert, new_key = write_certificate(rotated, "localhost")
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    reload(gp)
+    assert https_status(gp, second_ca) == 200
+    assert https_status(gp, first_ca) == "ConnectError"  # the old chain is no longer served
+    # A certificate that does not go with the key: the reload fails, the served pair stays.
+    third = tmp_path / "third"
+    third.mkdir()
+    _, other_cert, _ = write_certificate(third, "localhost")
+    cert.write_bytes(other_cert.read_bytes())
+    reload(gp, "failed")
+    assert https_status(gp, second_ca) == 200
+    assert any("cannot load tls_cert/tls_key" in str(line.get("problem", "")) for line in log_lines(gp))
+
+
+def test_turning_tls_off_needs_a_restart_and_is_refused_by_name(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca, cert, key = write_certificate(tmp_path, "localhost")
+    config = write_config(tmp_path / "gp.yaml", upstream.url, server={"tls_cert": str(cert), "tls_key": str(key)})
+    gp = start_proxy(upstream.url, "--config", str(config))
+    write_config(config, upstream.url, cors={"origins": ["https://app.example"]})
+    reload(gp, "partial")
+    assert https_status(gp, ca) == 200  # still TLS
+    refused = {line["setting"] for line in log_lines(gp) if line.get("event") == "reload: setting not applied"}
+    assert refused == {"server.tls_cert", "server.tls_key"}

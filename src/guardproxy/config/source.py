@@ -25,14 +25,19 @@ RESTART_ONLY: dict[str, str] = {
     "server.redirect_listen": "the listening socket is bound once, before the workers start",
     "admin.listen": "the listening socket is bound once, before the workers start",
     "server.workers": "the number of worker processes is fixed at start",
-    "server.tls_cert": "the TLS context is created when the listener starts",
-    "server.tls_key": "the TLS context is created when the listener starts",
+    "server.tls_cert": "TLS is turned on or off when the listener starts (other certificate files do reload)",
+    "server.tls_key": "TLS is turned on or off when the listener starts (other certificate files do reload)",
     "server.shutdown_timeout": "the listener's graceful-shutdown limit is fixed when it starts",
     "metrics.enabled": "the metric families are created once per process",
     "metrics.multiprocess_dir": "the workers' metric files are set up before they start",
     "logging.level": "logging is configured once per process",
     "logging.format": "logging is configured once per process",
 }
+
+
+# Restart-only settings that do reload from one value to another, only not to or from None: the
+# listener's TLS context takes a new certificate and key in place (server/reload.py).
+_RELOADABLE_BETWEEN_VALUES = frozenset({"server.tls_cert", "server.tls_key"})
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,9 @@ def restart_only_changes(running: Settings, wanted: Settings) -> list[RestartOnl
     changes = []
     for setting in RESTART_ONLY:
         before, after = _plain(_lookup(running, setting)), _plain(_lookup(wanted, setting))
-        if before != after:
-            changes.append(RestartOnlyChange(setting, before, after))
+        if before == after or (setting in _RELOADABLE_BETWEEN_VALUES and None not in (before, after)):
+            continue
+        changes.append(RestartOnlyChange(setting, before, after))
     return changes
 
 

@@ -156,7 +156,13 @@ async def serve(settings: Settings, listeners: Listeners, source: ConfigSource |
 
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
-    reloader = Reloader(source or ConfigSource(), current, lifecycle=lifecycle, metrics=metrics)
+    reloader = Reloader(
+        source or ConfigSource(),
+        current,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        tls_context=lambda: getattr(proxy.config, "ssl", None),
+    )
     _handle_reloads(loop, reloader)
     _tune_gc()
     await current.runtime.start()

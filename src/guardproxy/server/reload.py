@@ -5,9 +5,9 @@ and is then closed.
 A configuration that does not validate changes nothing: every problem is logged by its
 setting's dotted name, and the old runtime keeps serving. Settings the process fixed at start
 (`config/source.py` `RESTART_ONLY`) keep their running values, each named in a warning, while
-the rest applies. Budgets of rate-limit rules that did not change carry over: the in-process
-store is handed to the new runtime, minus the keys of the rules that changed (Redis-held budgets
-survive by themselves).
+the rest applies. The TLS listener's certificate and key reload in place. Budgets of rate-limit
+rules that did not change carry over: the in-process store is handed to the new runtime, minus
+the keys of the rules that changed (Redis-held budgets survive by themselves).
 
 Nothing here runs per request: a reload costs the request path nothing.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -46,7 +47,9 @@ class Reloader:
         *,
         lifecycle: Lifecycle,
         metrics: ProxyMetrics | None,
+        tls_context: Callable[[], ssl.SSLContext | None] = lambda: None,
     ) -> None:
+        self._tls_context = tls_context
         self._source = source
         self._current = current
         self._lifecycle = lifecycle
@@ -89,6 +92,9 @@ class Reloader:
         fresh = await self._started(wanted)
         if fresh is None:
             return self._count("failed")
+        if not self._load_certificate(wanted):
+            await fresh.aclose()
+            return self._count("failed")
         previous = self._current.swap(fresh)
         _hand_over_budgets(previous, fresh)
         task = asyncio.get_running_loop().create_task(self._retire(previous))
@@ -103,6 +109,23 @@ class Reloader:
             not_applied=[change.setting for change in changes] or None,
         )
         return self._count(result)
+
+    def _load_certificate(self, settings: Settings) -> bool:
+        """Give the TLS listener the configured certificate and key (rotated files, or others):
+        new handshakes use them, established connections keep theirs. Checked on a context of its
+        own first, so a pair that does not load never half-replaces the live one."""
+        live = self._tls_context()
+        cert, key = settings.server.tls_cert, settings.server.tls_key
+        if live is None or cert is None or key is None:
+            return True
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            live.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a certificate and key"
+            log.error("reload failed: server.tls_cert/server.tls_key cannot be loaded", error=reason)
+            return False
+        return True
 
     async def _started(self, settings: Settings) -> Runtime | None:
         memory = _carried_memory(self._current.runtime, settings)

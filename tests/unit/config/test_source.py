@@ -16,6 +16,7 @@ from guardproxy.config.source import (
     kept_values,
     restart_only_changes,
 )
+from tests.support.tls import write_certificate
 
 UPSTREAM = {"url": "http://127.0.0.1:8000"}
 
@@ -103,3 +104,16 @@ def test_the_hash_follows_every_setting_secrets_included_but_never_shows_them() 
     assert len({config_hash(base), config_hash(other_secret), config_hash(other_origin)}) == 3
     assert "one" not in config_hash(base)
     assert len(config_hash(base)) == 16
+
+
+def test_other_certificate_files_reload_but_turning_tls_on_or_off_does_not(tmp_path: Path) -> None:
+    _, cert, key = write_certificate(tmp_path, "localhost")
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_cert, other_key = write_certificate(other, "localhost")
+    plain = Settings(upstream=UPSTREAM)
+    tls = Settings(upstream=UPSTREAM, server={"tls_cert": cert, "tls_key": key})
+    rotated = Settings(upstream=UPSTREAM, server={"tls_cert": other_cert, "tls_key": other_key})
+    assert restart_only_changes(tls, rotated) == []
+    assert {change.setting for change in restart_only_changes(plain, tls)} == {"server.tls_cert", "server.tls_key"}
+    assert {change.setting for change in restart_only_changes(tls, plain)} == {"server.tls_cert", "server.tls_key"}
