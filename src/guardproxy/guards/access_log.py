@@ -36,7 +36,7 @@ class AccessLogGuard(Guard):
         # The chain closes its guards at a reload too, while the process's sink keeps serving the
         # new runtime: write what is buffered, give nothing up. At shutdown the worker closes the
         # sink itself (server/process.py), waiting for a slow consumer.
-        self.sink.flush()
+        self.sink.settle()
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
         user_agent = ""
