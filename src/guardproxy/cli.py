@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from guardproxy import __version__
+from guardproxy import __version__, control
 from guardproxy.audit import command as audit_command
 from guardproxy.config import (
     CONFIG_FILE_ENV,
@@ -136,26 +135,6 @@ def _source(args: argparse.Namespace) -> ConfigSource:
     return ConfigSource(_flag_values(args), config_file)
 
 
-def _send_reload(args: argparse.Namespace) -> int:
-    pid = args.pid
-    if args.pid_file is not None:
-        try:
-            pid = int(args.pid_file.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError) as exc:
-            print(f"guardproxy: cannot read a process ID from {str(args.pid_file)!r}: {exc}", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
-    if pid <= 0:
-        print(f"guardproxy: {pid} is not a process ID", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        print(f"guardproxy: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
-        return 1
-    print(f"guardproxy: reload requested (SIGHUP sent to {pid}); its log says what was applied")
-    return 0
-
-
 def effective_config_yaml(settings: Settings) -> str:
     """The configuration as YAML; secrets are rendered redacted by their pydantic types."""
     values = settings.model_dump(mode="json")
@@ -174,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     if args.command == "audit":
         return audit_command.main(args)
     if args.command == "reload":
-        return _send_reload(args)
+        return control.send_reload(args.pid, args.pid_file)
     source = _source(args)
     try:
         settings = source.load()
@@ -190,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     from guardproxy.server.process import StartupError, run  # noqa: PLC0415
 
     if args.pid_file is not None:
-        args.pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        control.write_pid_file(args.pid_file)
     try:
         return run(settings, source)
     except StartupError as exc:
@@ -198,3 +177,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
         return 0
+    finally:
+        if args.pid_file is not None:
+            control.remove_pid_file(args.pid_file)
