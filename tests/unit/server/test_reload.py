@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,15 @@ async def upstream_url() -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     server.close()
     await server.wait_closed()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (at most 10 s, in loop turns) until `condition` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
 
 
 def live_tasks() -> Counter[str]:
@@ -162,23 +171,18 @@ async def test_the_old_runtime_closes_only_after_its_request_in_flight(proxy: Pr
             await asyncio.sleep(0.06)
         assert old.metric_sources in proxy.metrics._sources  # still open: its request is in flight
         guard.in_flight -= 1
-        for _ in range(10):
-            await asyncio.sleep(0.06)
+        await eventually(lambda: old.metric_sources not in proxy.metrics._sources)
         assert in_flight(old) == 0
-        assert old.metric_sources not in proxy.metrics._sources
 
 
 async def test_signals_during_a_reload_fold_into_one_more_reload(proxy: Proxy) -> None:
     async with proxy:
         for _ in range(5):
             proxy.reloader.request()
-        for _ in range(40):
-            await asyncio.sleep(0.01)
-        assert proxy.reloads("applied") == 1
+        await eventually(lambda: proxy.reloader._task is not None and proxy.reloader._task.done())
+        assert proxy.reloads("applied") == 1  # the signals came before it read the file: one read covers all
         proxy.reloader.request()
-        for _ in range(40):
-            await asyncio.sleep(0.01)
-        assert proxy.reloads("applied") == 2
+        await eventually(lambda: proxy.reloads("applied") == 2)
 
 
 async def test_a_hundred_reloads_leave_one_runtime_and_no_tasks(proxy: Proxy) -> None:
@@ -194,6 +198,28 @@ async def test_a_hundred_reloads_leave_one_runtime_and_no_tasks(proxy: Proxy) ->
         # One probe and one pooled upstream connection, as before the reloads: the old ones are gone.
         assert live_tasks() == before
         assert before["Readiness._run"] == 1
+
+
+async def test_signals_while_a_reload_runs_make_exactly_one_more(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with proxy:
+        release, starting = asyncio.Event(), asyncio.Event()
+        real_start = Runtime.start
+
+        async def slow_start(self: Runtime) -> None:
+            starting.set()
+            await release.wait()
+            await real_start(self)
+
+        monkeypatch.setattr(Runtime, "start", slow_start)
+        proxy.reloader.request()
+        await starting.wait()  # the file was read; a change now needs another read
+        proxy.write(cors={"origins": ["https://late.example"]})
+        proxy.reloader.request()
+        proxy.reloader.request()
+        release.set()
+        await eventually(lambda: proxy.reloader._task is not None and proxy.reloader._task.done())
+        assert proxy.reloads("applied") == 2
+        assert proxy.current.runtime.settings.cors.origins == ["https://late.example"]
 
 
 async def test_a_draining_worker_ignores_reloads(proxy: Proxy) -> None:
