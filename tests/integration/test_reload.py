@@ -33,6 +33,12 @@ def reload_count(proxy: Guardproxy, result: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
+def last_reload_successful(proxy: Guardproxy) -> float:
+    text = httpx.get(f"{proxy.admin_url}/metrics", timeout=5).text
+    line = next(line for line in text.splitlines() if line.startswith("guardproxy_config_last_reload_successful "))
+    return float(line.rsplit(" ", 1)[1])
+
+
 def reload(proxy: Guardproxy, result: str = "applied", workers: int = 1) -> None:
     """SIGHUP, then wait until every worker has counted a reload with `result`."""
     before = reload_count(proxy, result)
@@ -97,6 +103,10 @@ def test_an_invalid_file_keeps_the_running_config_and_logs_every_bad_setting(sta
     for setting in ("upstream.read_timeout", "cors", "rate_limit.per_client_ip"):
         assert any(problem.startswith(setting) for problem in problems), (setting, problems)
     assert reload_count(gp, "applied") == 0
+    assert last_reload_successful(gp) == 0
+    write_config(config, upstream.url, cors={"origins": ["https://fixed.example"]})
+    reload(gp)
+    assert last_reload_successful(gp) == 1
 
 
 def test_a_file_that_is_not_yaml_or_is_gone_changes_nothing(start_proxy, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -173,6 +173,14 @@ class ProxyMetrics:
             ["result"],
             registry=registry,
         )
+        # 0 while a worker's last reload failed: it serves an older configuration than its file says.
+        self.config_last_reload_successful = Gauge(
+            "guardproxy_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), 0 if it failed.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.config_last_reload_successful.set(1)
         # Rate limiting: the limiter counts its own decisions into these.
         self.ratelimit_decisions = Counter(
             "guardproxy_ratelimit_decisions_total",
