@@ -50,6 +50,11 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not met")
 
 
+def live_timers() -> int:
+    scheduled: list[asyncio.TimerHandle] = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return sum(1 for handle in scheduled if not handle.cancelled())
+
+
 def live_tasks() -> Counter[str]:
     tasks = [task for task in asyncio.all_tasks() if not task.done() and task is not asyncio.current_task()]
     return Counter(task.get_coro().__qualname__ for task in tasks)  # type: ignore[union-attr]
@@ -187,7 +192,8 @@ async def test_signals_during_a_reload_fold_into_one_more_reload(proxy: Proxy) -
 
 async def test_a_hundred_reloads_leave_one_runtime_and_no_tasks(proxy: Proxy) -> None:
     async with proxy:
-        before = live_tasks()
+        assert await proxy.status() == 200
+        before, timers_before = live_tasks(), live_timers()
         for index in range(100):
             proxy.write(cors={"origins": [f"https://n{index}.example"]})
             assert await proxy.reloader.reload() == "applied"
@@ -198,6 +204,7 @@ async def test_a_hundred_reloads_leave_one_runtime_and_no_tasks(proxy: Proxy) ->
         # One probe and one pooled upstream connection, as before the reloads: the old ones are gone.
         assert live_tasks() == before
         assert before["Readiness._run"] == 1
+        assert live_timers() <= timers_before  # no probe, pool ticker or log timer of an old runtime
 
 
 async def test_signals_while_a_reload_runs_make_exactly_one_more(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
