@@ -1,4 +1,4 @@
-"""The `guardproxy` command: run, check-config, audit, version.
+"""The `guardproxy` command: run, check-config, reload, audit, version.
 
 Every flag is also a config-file key and an environment variable; the mapping is the `FLAGS`
 table below, so `--help`, the README and the loader cannot drift apart.
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from guardproxy import __version__
+from guardproxy import __version__, control
 from guardproxy.audit import command as audit_command
 from guardproxy.config import (
     CONFIG_FILE_ENV,
@@ -23,8 +23,8 @@ from guardproxy.config import (
     ENV_PREFIX,
     ConfigError,
     Settings,
-    load_settings,
 )
+from guardproxy.config.source import ConfigSource
 
 EXIT_CONFIG_ERROR = 2
 
@@ -102,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
                 help=f"{flag.help}; file key {flag.setting}, env {flag.env}"
                 + (" (comma-separated)" if flag.repeatable else ""),
             )
+        if name == "run":
+            command.add_argument(
+                "--pid-file", type=Path, metavar="FILE", help="write the process ID here (for `guardproxy reload`)"
+            )
+    reload = commands.add_parser(
+        "reload",
+        help="make a running guardproxy re-read its configuration (sends SIGHUP)",
+        description="Send SIGHUP to a running guardproxy: it re-reads its config file and environment, "
+        "under the flags it was started with, and logs what it applied or refused.",
+    )
+    target = reload.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pid", type=int, help="the process ID of `guardproxy run` (1 in its container)")
+    target.add_argument("--pid-file", type=Path, metavar="FILE", help="the file `guardproxy run --pid-file` wrote")
     audit_command.add_parser(commands)
     commands.add_parser("version", help="print the version")
     return parser
@@ -117,9 +130,9 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return nested
 
 
-def _load(args: argparse.Namespace) -> Settings:
+def _source(args: argparse.Namespace) -> ConfigSource:
     config_file = args.config or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
-    return load_settings(_flag_values(args), config_file)
+    return ConfigSource(_flag_values(args), config_file)
 
 
 def effective_config_yaml(settings: Settings) -> str:
@@ -139,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         return 0
     if args.command == "audit":
         return audit_command.main(args)
+    if args.command == "reload":
+        return control.send_reload(args.pid, args.pid_file)
+    source = _source(args)
     try:
-        settings = _load(args)
+        settings = source.load()
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"guardproxy: configuration error: {problem}", file=sys.stderr)
@@ -152,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     # Imported here so `version` and `check-config` do not load the server stack.
     from guardproxy.server.process import StartupError, run  # noqa: PLC0415
 
+    if args.pid_file is not None:
+        control.write_pid_file(args.pid_file)
     try:
-        return run(settings)
+        return run(settings, source)
     except StartupError as exc:
         print(f"guardproxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
         return 0
+    finally:
+        if args.pid_file is not None:
+            control.remove_pid_file(args.pid_file)

@@ -44,6 +44,8 @@ class Readiness:
         self._task: asyncio.Task[None] | None = None
         self._informational: dict[str, Callable[[], dict[str, object]]] = {}
         self._client: httpx.AsyncClient | None = None
+        # The loaded configuration's hash and load time, shown on /readyz (set by the runtime).
+        self.config: dict[str, object] | None = None
 
     @property
     def ready(self) -> bool:
@@ -57,11 +59,14 @@ class Readiness:
     def report(self) -> dict[str, object]:
         checks: dict[str, object] = {"upstream": self.upstream.as_json()}
         checks.update((name, report()) for name, report in self._informational.items())
-        return {
+        report: dict[str, object] = {
             "status": "ready" if self.ready else "not_ready",
             "draining": self._lifecycle.draining,
             "checks": checks,
         }
+        if self.config is not None:
+            report["config"] = self.config
+        return report
 
     async def start(self) -> None:
         if self._settings.path is not None:

@@ -13,6 +13,8 @@ connections and requests are served by it) and closes the old one once its reque
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
     CorsSettings,
@@ -21,6 +23,7 @@ from guardproxy.config import (
     Settings,
     TimeoutOverrides,
 )
+from guardproxy.config.source import config_hash
 from guardproxy.guards.access_log import AccessLogGuard
 from guardproxy.guards.auth.build import auth_guards, redacted_query_params
 from guardproxy.guards.body_limit import BodyLimitGuard
@@ -57,14 +60,30 @@ from guardproxy.upstream import build_pool, upstream_origin
 class Runtime:
     """One running proxy's objects, built from `settings`; see the module's docstring."""
 
-    def __init__(self, settings: Settings, *, lifecycle: Lifecycle, metrics: ProxyMetrics | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lifecycle: Lifecycle,
+        metrics: ProxyMetrics | None,
+        rate_limit_memory: MemoryStore | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = build_pool(settings.upstream)
         self.readiness = Readiness(settings.upstream, lifecycle)
+        self.readiness.config = {"hash": config_hash(settings), "loaded_at": datetime.now(UTC).isoformat()}
         self.metric_sources = metrics.sources() if metrics is not None else None
-        self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources)
+        # In-process budgets: a reload hands the previous runtime's store over (server/reload.py).
+        self.rate_limit_memory = (
+            rate_limit_memory
+            if rate_limit_memory is not None
+            else MemoryStore(max_keys=settings.rate_limit.local_max_keys)
+        )
+        self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources, self.rate_limit_memory)
         limits = connection_limits(settings.server)
-        self.chains = [build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store)]
+        self.chains = [
+            build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store, self.rate_limit_memory)
+        ]
         if settings.server.redirect_listen is not None:
             self.chains.append(build_redirect_app(settings))
         self.proxy = Site(self.chains[0], limits)
@@ -181,7 +200,9 @@ def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
     )
 
 
-def build_shared_rate_limit_store(settings: Settings, metrics: MetricSources | None) -> FailSoftStore | None:
+def build_shared_rate_limit_store(
+    settings: Settings, metrics: MetricSources | None, local: MemoryStore | None = None
+) -> FailSoftStore | None:
     """The Redis-backed store behind the rate limits, when one is configured; the caller owns
     it and closes it at shutdown."""
     limits = settings.rate_limit
@@ -189,7 +210,7 @@ def build_shared_rate_limit_store(settings: Settings, metrics: MetricSources | N
         return None
     return FailSoftStore(
         RedisStore(connect(limits.redis_url.get_secret_value()), budget=limits.timeout),
-        MemoryStore(max_keys=limits.local_max_keys),
+        local if local is not None else MemoryStore(max_keys=limits.local_max_keys),
         fallback=limits.fallback,
         breaker_failures=limits.breaker_failures,
         breaker_cooldown=limits.breaker_cooldown,
@@ -199,11 +220,12 @@ def build_shared_rate_limit_store(settings: Settings, metrics: MetricSources | N
 
 
 def rate_limit_guard(
-    settings: Settings, metrics: MetricSources | None, shared: FailSoftStore | None
+    settings: Settings, metrics: MetricSources | None, shared: FailSoftStore | None, local: MemoryStore | None = None
 ) -> RateLimitGuard | None:
     rules = compile_rules(settings.rate_limit)
     if not rules:
         return None
+    max_keys = settings.rate_limit.local_max_keys
     if metrics is not None:
         # Series that exist from the start: an alert on rate() sees the first 429s, not a new series.
         metrics.families.declare_ratelimit_rules(rule.name for rule in rules)
@@ -211,7 +233,7 @@ def rate_limit_guard(
         rules=rules,
         route_names=[policy.name for policy in build_route_table(settings).policies],
         key_prefix=settings.rate_limit.key_prefix,
-        local=shared.local if shared is not None else MemoryStore(max_keys=settings.rate_limit.local_max_keys),
+        local=shared.local if shared is not None else local if local is not None else MemoryStore(max_keys=max_keys),
         shared=shared,
         count_decision=metrics.counted(metrics.families.ratelimit_decisions).add if metrics is not None else _ignore,
     )
@@ -231,7 +253,10 @@ def _ignore(*_: object) -> None:
 
 
 def build_guards(
-    settings: Settings, metrics: MetricSources | None, rate_limit_store: FailSoftStore | None = None
+    settings: Settings,
+    metrics: MetricSources | None,
+    rate_limit_store: FailSoftStore | None = None,
+    rate_limit_memory: MemoryStore | None = None,
 ) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives. A
@@ -274,7 +299,7 @@ def build_guards(
         # credentials), and before rate limiting, so a verified identity can key a budget.
         *auth_guards(settings, metrics),
         # Its decision waits on a store, so the chain runs it after every cheaper check above.
-        rate_limit_guard(settings, metrics, rate_limit_store),
+        rate_limit_guard(settings, metrics, rate_limit_store, rate_limit_memory),
         # Listed for its start/aclose (the store's connection). Its work happens between the
         # chain and the forwarder (build_proxy_app): after every request hook, so a request the
         # rate limit refused never takes a lock; inside the response hooks, so it stores the
@@ -341,6 +366,7 @@ def build_proxy_app(
     transport: UpstreamTransport,
     metrics: MetricSources | None,
     rate_limit_store: FailSoftStore | None = None,
+    rate_limit_memory: MemoryStore | None = None,
 ) -> GuardChain:
     forwarder = Forwarder(
         transport,
@@ -349,7 +375,7 @@ def build_proxy_app(
         untrusted_strip=settings.trusted_proxies.untrusted_strip,
         forward_trailers=settings.upstream.forward_trailers,
     )
-    guards = build_guards(settings, metrics, rate_limit_store)
+    guards = build_guards(settings, metrics, rate_limit_store, rate_limit_memory)
     app: ASGIApp = forwarder
     for guard in guards:
         if isinstance(guard, IdempotencyGuard):

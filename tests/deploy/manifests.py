@@ -45,6 +45,7 @@ ALERTS = {
     "GuardproxyRateLimitSpike",
     "GuardproxyUpstreamDown",
     "GuardproxyRateLimitFallbackActive",
+    "GuardproxyConfigReloadFailed",
 }
 CONFIG_FILE = "guardproxy.yaml"
 # guardproxy's defaults for the drain (config/guardproxy.yaml), when the file does not set them.

@@ -104,6 +104,7 @@ spec:
         - {alert: GuardproxyHighLatencyP95, expr: vector(1)}
         - {alert: GuardproxyRateLimitSpike, expr: vector(1)}
         - {alert: GuardproxyUpstreamDown, expr: vector(1)}
+        - {alert: GuardproxyConfigReloadFailed, expr: vector(1)}
         - {alert: GuardproxyRateLimitFallbackActive, expr: vector(1)}
 ---
 apiVersion: v1

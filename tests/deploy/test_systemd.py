@@ -58,6 +58,8 @@ def problems(unit: Unit) -> list[str]:
     exec_start = last("ExecStart") or ""
     if exec_start.split()[:2] != ["/opt/guardproxy/bin/guardproxy", "run"]:
         found.append("ExecStart must run `guardproxy run` from /opt/guardproxy")
+    if last("ExecReload") != "/bin/kill -HUP $MAINPID":
+        found.append("ExecReload must send SIGHUP to the main process, which passes it on to the workers")
     if last("KillMode") != "mixed":
         found.append("KillMode must be mixed: a SIGTERM straight to the workers would skip their drain delay")
     if last("KillSignal") not in (None, "SIGTERM"):
@@ -115,6 +117,8 @@ MISTAKES = {
     "secret in the unit": (_set("Environment", "GUARDPROXY_RATE_LIMIT__REDIS_URL=redis://:pw@r:6379"), "secrets"),
     "misspelt setting": (_set("Environment", "GUARDPROXY_ADMIN__LISTN=127.0.0.1:9090"), "not a guardproxy setting"),
     "another command": (_set("ExecStart", "/usr/bin/python3 -m http.server"), "ExecStart"),
+    "no reload": (_set("ExecReload", None), "ExecReload"),
+    "a restart for a reload": (_set("ExecReload", "/bin/kill -TERM $MAINPID"), "ExecReload"),
     "not started at boot": (lambda unit: unit.pop("Install") and None, "WantedBy"),
 }
 

@@ -33,9 +33,10 @@ class AccessLogGuard(Guard):
         self.clock = Clock()
 
     async def aclose(self) -> None:
-        # The chain closes its guards when the worker drains: the lines still buffered go out
-        # while the event loop can still wait for a slow consumer.
-        await self.sink.aclose()
+        # The chain closes its guards at a reload too, while the process's sink keeps serving the
+        # new runtime: write what is buffered, give nothing up. At shutdown the worker closes the
+        # sink itself (server/process.py), waiting for a slow consumer.
+        self.sink.settle()
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
         user_agent = ""

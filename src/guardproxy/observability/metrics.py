@@ -27,6 +27,8 @@ from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 FLUSH_INTERVAL = 1.0
 RATELIMIT_DECISIONS = ("allowed", "limited", "dry_run_limited")
 RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
+# applied: all of it; partial: all but restart-only settings; failed: nothing (invalid config).
+CONFIG_RELOAD_RESULTS = ("applied", "partial", "failed")
 IDEMPOTENCY_STORE_ERROR_KINDS = ("timeout", "connection", "script", "corrupt", "other")
 _UPSTREAM_FAILURES: dict[str, str] = {
     Outcome.UPSTREAM_ERROR: "unavailable",
@@ -165,6 +167,20 @@ class ProxyMetrics:
             "Log lines dropped because the log consumer fell behind.",
             registry=registry,
         )
+        self.config_reloads = Counter(
+            "guardproxy_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result.",
+            ["result"],
+            registry=registry,
+        )
+        # 0 while a worker's last reload failed: it serves an older configuration than its file says.
+        self.config_last_reload_successful = Gauge(
+            "guardproxy_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), 0 if it failed.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.config_last_reload_successful.set(1)
         # Rate limiting: the limiter counts its own decisions into these.
         self.ratelimit_decisions = Counter(
             "guardproxy_ratelimit_decisions_total",
@@ -234,6 +250,8 @@ class ProxyMetrics:
             self.ratelimit_store_errors.labels(kind)
         for kind in IDEMPOTENCY_STORE_ERROR_KINDS:
             self.idempotency_store_errors.labels(kind)
+        for result in CONFIG_RELOAD_RESULTS:
+            self.config_reloads.labels(result)
         self.workers.set(1)
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry

@@ -173,6 +173,14 @@ class LogSink:
             if self._watching is None and self._end:
                 self._write_locked()
 
+    def settle(self) -> None:
+        """Write what is buffered as far as the consumer takes it now, and disarm the flush
+        timer: for a runtime that closes (a reload) while the process's sink keeps serving.
+        Lines a slow consumer has not taken yet stay buffered, and are not given up."""
+        with self._lock:
+            self._cancel_timer()
+        self.flush()
+
     async def aclose(self, timeout: float = 5.0) -> None:
         """Write everything buffered before the event loop stops, waiting at most `timeout`
         seconds for a slow consumer. The sink stays usable: later lines are written at once."""

@@ -54,6 +54,10 @@ class MemoryStore:
         self._sweep(now)
         return backlogs
 
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forget every key `keep` refuses: a reload drops the budgets of rules it changed."""
+        self._tats = {key: tat for key, tat in self._tats.items() if keep(key)}
+
     def _sweep(self, now: int) -> None:
         self._checks_since_sweep += 1
         if self._checks_since_sweep < _SWEEP_EVERY:

@@ -425,3 +425,37 @@ def test_sensitive_query_values_are_redacted() -> None:
     )
     assert redact_query(b"", sensitive) == ""
     assert redact_query(b"a=b=c&token==x", sensitive) == "a=b=c&token=[REDACTED]"
+
+
+async def test_settle_writes_what_is_buffered_and_leaves_no_timer(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    sink = LogSink(write_end, flush_interval=3600)
+    sink.write(b"before the reload\n")
+    assert readable(read_end) == b""  # buffered, a timer armed
+    sink.settle()
+    assert readable(read_end) == b"before the reload\n"
+    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    assert not [handle for handle in scheduled if not handle.cancelled()]
+    sink.write(b"after\n")  # the sink keeps serving the next runtime
+    await sink.aclose()
+    assert readable(read_end) == b"after\n"
+
+
+async def test_settle_gives_nothing_up_when_the_consumer_is_behind(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    sink = LogSink(write_end, buffer_size=4096, max_buffer=1 << 20, flush_interval=3600)
+    lines = numbered(1000, width=200)  # more than the pipe holds
+    for line in lines:
+        sink.write(line)
+    sink.settle()
+    assert sink.pending > 0
+    assert sink.dropped == 0  # unlike aclose, a reload keeps them for when the consumer reads
+    received = bytearray()
+    for _ in range(200):
+        received += readable(read_end)
+        if not sink.pending:
+            break
+        await asyncio.sleep(0.01)
+    received += readable(read_end)
+    assert bytes(received) == b"".join(lines)
+    await sink.aclose()
