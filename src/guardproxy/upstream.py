@@ -1,16 +1,29 @@
-"""Turns upstream settings into the objects that talk to it: origin, TLS context, pool."""
+"""Turns upstream settings into the objects that talk to it: origins, TLS context, pools, and
+the transport the forwarder sends through."""
 
 from __future__ import annotations
 
 import ssl
+import time
 from urllib.parse import urlsplit
 
-from guardproxy.config import UpstreamSettings
+from guardproxy.config import Settings, UpstreamSettings
+from guardproxy.proxy.balancer import Balancer
+from guardproxy.proxy.breaker import CircuitBreaker
+from guardproxy.proxy.endpoints import Endpoint, EndpointTarget, endpoint_name
 from guardproxy.proxy.pool import ConnectionPool, Origin
+from guardproxy.proxy.resilient import AttemptObserver, ResilientTransport
+from guardproxy.proxy.retry import RetryBudget, RetryPolicy
+from guardproxy.proxy.transport import UpstreamTransport
+from guardproxy.routes import DEFAULT_ROUTE_NAME
 
 
 def upstream_origin(settings: UpstreamSettings) -> Origin:
-    parts = urlsplit(settings.url)
+    return origin_of(settings.url)
+
+
+def origin_of(url: str) -> Origin:
+    parts = urlsplit(url)
     assert parts.hostname is not None  # guaranteed by UpstreamSettings' validation
     default_port = 443 if parts.scheme == "https" else 80
     return Origin(scheme=parts.scheme, host=parts.hostname, port=parts.port or default_port)
@@ -28,9 +41,9 @@ def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return context
 
 
-def build_pool(settings: UpstreamSettings) -> ConnectionPool:
+def build_pool(settings: UpstreamSettings, url: str | None = None) -> ConnectionPool:
     return ConnectionPool(
-        upstream_origin(settings),
+        origin_of(url or settings.url),
         max_connections=settings.max_connections,
         max_idle_connections=settings.max_idle_connections,
         idle_timeout=settings.idle_timeout,
@@ -38,3 +51,91 @@ def build_pool(settings: UpstreamSettings) -> ConnectionPool:
         max_head_bytes=settings.max_response_head_bytes,
         max_header_fields=settings.max_response_header_fields,
     )
+
+
+def endpoint_targets(settings: UpstreamSettings) -> list[EndpointTarget]:
+    """Each configured endpoint, or `url` alone."""
+    if not settings.endpoints:
+        return [EndpointTarget(endpoint_name(settings.url, None), settings.url)]
+    return [EndpointTarget(endpoint_name(item.url, item.name), item.url) for item in settings.endpoints]
+
+
+def needs_resilience(settings: UpstreamSettings) -> bool:
+    """Whether the plain pool is not enough: several endpoints, retries or a breaker."""
+    return len(endpoint_targets(settings)) > 1 or settings.retries.attempts > 0 or settings.circuit_breaker.enabled
+
+
+def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:
+    """Each route's retry policy by route name, `default` included, merged once here."""
+    retries = settings.upstream.retries
+    policies = {}
+    for route in [*settings.routes, None]:
+        override = route.upstream.retries if route is not None else None
+        total = (route.upstream.total_timeout if route is not None else None) or settings.upstream.total_timeout
+
+        def pick(name: str, override: object = override) -> object:
+            value = getattr(override, name) if override is not None else None
+            return value if value is not None else getattr(retries, name)
+
+        methods: list[str] = pick("idempotent_methods")  # type: ignore[assignment]
+        policies[route.name if route is not None else DEFAULT_ROUTE_NAME] = RetryPolicy(
+            attempts=pick("attempts"),  # type: ignore[arg-type]
+            backoff_base=pick("backoff_base"),  # type: ignore[arg-type]
+            backoff_cap=pick("backoff_cap"),  # type: ignore[arg-type]
+            idempotent=frozenset(method.encode("ascii") for method in methods),
+            replay_bytes=retries.replay_buffer_bytes,
+            total_timeout=total,
+        )
+    return policies
+
+
+def build_transport(settings: Settings, observer: AttemptObserver | None = None) -> ConnectionPool | ResilientTransport:
+    """The plain pool for one endpoint without retries or breaker (the thinnest path), else a
+    `ResilientTransport` over one pool per endpoint."""
+    upstream = settings.upstream
+    if not needs_resilience(upstream):
+        return build_pool(upstream)
+    breaker = upstream.circuit_breaker
+    clock = time.monotonic
+    endpoints = [
+        Endpoint(
+            target,
+            build_pool(upstream, target.url),
+            CircuitBreaker(
+                consecutive_failures=breaker.consecutive_failures,
+                failure_ratio=breaker.failure_ratio,
+                min_requests=breaker.min_requests,
+                window=breaker.window,
+                open_for=breaker.open_for,
+                half_open_probes=breaker.half_open_probes,
+                clock=clock,
+            )
+            if breaker.enabled
+            else None,
+        )
+        for target in endpoint_targets(upstream)
+    ]
+    policies = retry_policies(settings)
+    retries = upstream.retries
+    return ResilientTransport(
+        Balancer(endpoints, balance=upstream.balance, clock=clock),
+        policies=policies,
+        default=policies[DEFAULT_ROUTE_NAME],
+        budget=RetryBudget(
+            ratio=retries.budget_ratio,
+            min_per_second=retries.budget_min_per_second,
+            window=retries.budget_window,
+            clock=clock,
+        ),
+        clock=clock,
+        observer=observer,
+    )
+
+
+def upstream_pools(transport: UpstreamTransport) -> list[ConnectionPool]:
+    """The keep-alive pools behind a transport (for tools that look inside, like the bench)."""
+    if isinstance(transport, ConnectionPool):
+        return [transport]
+    if isinstance(transport, ResilientTransport):
+        return [endpoint.pool for endpoint in transport.endpoints if isinstance(endpoint.pool, ConnectionPool)]
+    return []

@@ -118,13 +118,16 @@ class ConnectionPool:
                 if not head.done():
                     await head
                 status, headers = connection.response_head()
-            except UpstreamClosedError:
+            except UpstreamClosedError as exc:
                 self._discard(connection)
                 if reused and connection.received_nothing and replayable:
                     continue
+                exc.written, exc.received = True, not connection.received_nothing
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self._discard(connection)
+                if isinstance(exc, UpstreamError):
+                    exc.written, exc.received = True, not connection.received_nothing
                 raise
             return PooledResponse(self, connection, status, headers)
 

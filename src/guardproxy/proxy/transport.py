@@ -25,6 +25,8 @@ class UpstreamRequest:
     content_length: int | None
     connect_timeout: float
     read_timeout: float
+    # The route's name: a transport that retries (proxy/resilient.py) keeps its policy by it.
+    route: str = "default"
 
 
 class UpstreamResponse(Protocol):
