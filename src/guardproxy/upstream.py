@@ -139,3 +139,8 @@ def upstream_pools(transport: UpstreamTransport) -> list[ConnectionPool]:
     if isinstance(transport, ResilientTransport):
         return [endpoint.pool for endpoint in transport.endpoints if isinstance(endpoint.pool, ConnectionPool)]
     return []
+
+
+def upstream_endpoints(transport: UpstreamTransport) -> list[Endpoint]:
+    """The endpoints a transport balances over (none for the plain pool)."""
+    return list(transport.endpoints) if isinstance(transport, ResilientTransport) else []

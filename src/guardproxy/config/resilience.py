@@ -74,7 +74,7 @@ class CircuitBreakerSettings(Section):
     consecutive_failures: Annotated[int, Field(ge=1)] = 5
     # ... or when at least this share of the last `window` seconds' requests failed, once
     # there were min_requests of them.
-    failure_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    failure_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     min_requests: Annotated[int, Field(ge=1)] = 20
     window: PositiveFloat = 10.0
     # Seconds an open circuit keeps traffic away from the endpoint; then half-open_probes
