@@ -51,7 +51,7 @@ from guardproxy.ratelimit.redis_store import RedisStore, connect
 from guardproxy.ratelimit.rules import compile_rules
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
 from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
-from guardproxy.upstream import build_transport, upstream_endpoints, upstream_origin
+from guardproxy.upstream import build_observed_transport, upstream_endpoints, upstream_origin
 
 
 class Runtime:
@@ -59,9 +59,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, lifecycle: Lifecycle, metrics: ProxyMetrics | None) -> None:
         self.settings = settings
-        self.pool = build_transport(settings)
-        self.readiness = Readiness(settings.upstream, lifecycle, upstream_endpoints(self.pool))
         self.metric_sources = metrics.sources() if metrics is not None else None
+        self.pool = build_observed_transport(settings, self.metric_sources)
+        self.readiness = Readiness(settings.upstream, lifecycle, upstream_endpoints(self.pool))
         self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources)
         limits = connection_limits(settings.server)
         self.chains = [build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store)]

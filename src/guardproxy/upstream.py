@@ -8,9 +8,11 @@ import time
 from urllib.parse import urlsplit
 
 from guardproxy.config import Settings, UpstreamSettings
+from guardproxy.observability.metrics import MetricSources
+from guardproxy.observability.upstream import UpstreamMetrics
 from guardproxy.proxy.balancer import Balancer
 from guardproxy.proxy.breaker import CircuitBreaker
-from guardproxy.proxy.endpoints import Endpoint, EndpointTarget, endpoint_name
+from guardproxy.proxy.endpoints import Endpoint, EndpointTarget, endpoint_name, log_transitions
 from guardproxy.proxy.pool import ConnectionPool, Origin
 from guardproxy.proxy.resilient import AttemptObserver, ResilientTransport
 from guardproxy.proxy.retry import RetryBudget, RetryPolicy
@@ -109,6 +111,7 @@ def build_transport(settings: Settings, observer: AttemptObserver | None = None)
                 open_for=breaker.open_for,
                 half_open_probes=breaker.half_open_probes,
                 clock=clock,
+                on_transition=log_transitions(target.name),
             )
             if breaker.enabled
             else None,
@@ -130,6 +133,16 @@ def build_transport(settings: Settings, observer: AttemptObserver | None = None)
         clock=clock,
         observer=observer,
     )
+
+
+def build_observed_transport(settings: Settings, metrics: MetricSources | None) -> ConnectionPool | ResilientTransport:
+    """`build_transport` with its attempts, retries, breakers and health counted in `metrics`."""
+    if metrics is None:
+        return build_transport(settings)
+    observer = UpstreamMetrics(metrics)
+    transport = build_transport(settings, observer)
+    observer.watch(upstream_endpoints(transport))
+    return transport
 
 
 def upstream_pools(transport: UpstreamTransport) -> list[ConnectionPool]:

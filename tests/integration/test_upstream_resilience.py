@@ -119,6 +119,15 @@ def test_two_endpoints_with_one_dead_send_everything_to_the_live_one(start_proxy
         ready = httpx.get(f"{gp.admin_url}/readyz", timeout=5)
     assert statuses == Counter({200: 100})
     assert live.total == 100
+
+    def logged() -> list[dict]:  # type: ignore[type-arg]
+        lines = [orjson.loads(line) for line in gp.log_text().splitlines() if line.startswith('{"timestamp"')]
+        return [line for line in lines if line.get("event") == "request"]
+
+    wait_until(lambda: len(logged()) >= 100)  # the access log is written in the background
+    requests = logged()
+    assert {line["endpoint"] for line in requests} == {upstream.url.removeprefix("http://")}
+    assert {line["attempts"] for line in requests} <= {1, 2}  # a pick of the dead one: one retry
     assert ready.status_code == 200
     endpoints = ready.json()["checks"]["upstream"]["endpoints"]
     states = {endpoint["name"]: endpoint["ok"] for endpoint in endpoints}

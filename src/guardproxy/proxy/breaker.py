@@ -31,17 +31,27 @@ _HALF_OPEN = BreakerState.HALF_OPEN
 
 
 class SlidingCounts:
-    """Two counts (total, marked) over the last `window` seconds, in `buckets` slices."""
+    """Two counts (total, marked) over the last `window` seconds, in `buckets` slices.
 
-    __slots__ = ("_buckets", "_current", "_marked", "_slice", "_totals")
+    Unmarked events are cheap on the request path: `pending += 1`, no clock reading. They are
+    folded in when the counts are next read or a marked event is added, as if spread evenly
+    since the previous fold: only the share of them that falls within the window counts, so a
+    quiet hour followed by a burst of failures does not look like an hour's traffic in the
+    last ten seconds.
+    """
+
+    __slots__ = ("_current", "_folded_at", "_marked", "_slice", "_totals", "_window", "pending")
 
     def __init__(self, window: float, buckets: int = 10) -> None:
+        self._window = window
         self._slice = window / buckets
         self._totals = [0] * buckets
         self._marked = [0] * buckets
         self._current = 0
+        self._folded_at: float | None = None
+        self.pending = 0
 
-    def add(self, now: float, *, marked: bool) -> None:
+    def add(self, now: float, marked: bool) -> None:
         index = self._advance(now)
         self._totals[index] += 1
         if marked:
@@ -55,6 +65,7 @@ class SlidingCounts:
         size = len(self._totals)
         self._totals = [0] * size
         self._marked = [0] * size
+        self.pending = 0
 
     def _advance(self, now: float) -> int:
         tick = int(now / self._slice)
@@ -66,7 +77,16 @@ class SlidingCounts:
                 self._totals[index] = 0
                 self._marked[index] = 0
             self._current = tick
-        return tick % size
+        index = tick % size
+        pending = self.pending
+        if pending:
+            self.pending = 0
+            elapsed = now - self._folded_at if self._folded_at is not None else 0.0
+            if elapsed > self._window:
+                pending = int(pending * self._window / elapsed)
+            self._totals[index] += pending
+        self._folded_at = now
+        return index
 
 
 class CircuitBreaker:
@@ -139,7 +159,7 @@ class CircuitBreaker:
         if state is _CLOSED:
             self._consecutive = 0
             if self._window is not None:
-                self._window.add(self._clock(), marked=False)
+                self._window.pending += 1
         elif state is _HALF_OPEN:
             self._probes_passed += 1
             if self._probes_passed >= self._probes:
@@ -158,7 +178,7 @@ class CircuitBreaker:
             return
         if self._window is not None:
             now = self._clock()
-            self._window.add(now, marked=True)
+            self._window.add(now, True)
             total, failed = self._window.counts(now)
             assert self._ratio is not None
             if total >= self._min_requests and failed >= self._ratio * total:

@@ -10,13 +10,19 @@ checks (health.py) set `healthy`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from guardproxy.asgi import Headers
 from guardproxy.proxy.breaker import BreakerState, CircuitBreaker
 from guardproxy.proxy.transport import UpstreamResponse, UpstreamTransport
 
+log = structlog.get_logger(component="guardproxy.proxy")
+
+_CLOSED = BreakerState.CLOSED
 # Statuses that say the upstream instance (not the request) is the problem.
 FAILURE_STATUSES = frozenset({502, 503, 504})
 # The longest an upstream's Retry-After holds an endpoint back: a typo upstream must not take
@@ -31,7 +37,7 @@ class EndpointTarget:
 
 
 class Endpoint:
-    __slots__ = ("breaker", "healthy", "held_until", "in_flight", "name", "pool", "url")
+    __slots__ = ("breaker", "healthy", "held_until", "in_flight", "name", "ok_attempts", "pool", "url")
 
     def __init__(self, target: EndpointTarget, pool: UpstreamTransport, breaker: CircuitBreaker | None) -> None:
         self.name = target.name
@@ -41,13 +47,22 @@ class Endpoint:
         self.in_flight = 0
         self.held_until = 0.0
         self.healthy = True
+        # Attempts answered below 500: a plain int on the request path, read by the metrics.
+        self.ok_attempts = 0
 
     def available(self, now: float) -> bool:
         """Whether the balancer may send it a request now (health aside)."""
-        if now < self.held_until:
-            return False
+        if self.held_until:
+            if now < self.held_until:
+                return False
+            self.held_until = 0.0
         breaker = self.breaker
         return breaker is None or breaker.would_allow()
+
+    def plainly_available(self) -> bool:
+        """Available without a clock reading: not held back, its circuit closed."""
+        breaker = self.breaker
+        return not self.held_until and (breaker is None or breaker.state is _CLOSED)
 
     def take(self) -> bool:
         """Commit to sending a request here: takes a half-open probe's place if need be."""
@@ -58,7 +73,16 @@ class Endpoint:
         if self.breaker is not None:
             self.breaker.record_failure()
 
-    def answered(self, status: int, headers: Headers, now: float) -> None:
+    def succeeded(self) -> None:
+        """An answer below 500: the common case, kept short."""
+        self.ok_attempts += 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.record_success()
+
+    def answered(self, status: int, headers: Headers, clock: Callable[[], float]) -> None:
+        """A 5xx answer: 502, 503 and 504 count against the endpoint; a 503's Retry-After
+        holds it back."""
         breaker = self.breaker
         if status in FAILURE_STATUSES:
             if breaker is not None:
@@ -66,7 +90,7 @@ class Endpoint:
             if status == 503:
                 delay = retry_after_seconds(headers)
                 if delay:
-                    self.held_until = now + min(delay, MAX_HOLD)
+                    self.held_until = clock() + min(delay, MAX_HOLD)
         elif breaker is not None:
             breaker.record_success()
 
@@ -100,8 +124,9 @@ class EndpointResponse:
         self.status = response.status
         self.headers = response.headers
 
-    async def read_chunk(self) -> bytes:
-        return await self._response.read_chunk()
+    def read_chunk(self) -> Coroutine[Any, Any, bytes]:
+        # The response's own coroutine: no coroutine of this wrapper's per chunk.
+        return self._response.read_chunk()
 
     @property
     def finished(self) -> bool:
@@ -123,4 +148,11 @@ def endpoint_name(url: str, name: str | None) -> str:
     return name or url.split("://", 1)[-1].rstrip("/")
 
 
-TransitionLog = Callable[[str, BreakerState, BreakerState], None]
+def log_transitions(name: str) -> Callable[[BreakerState, BreakerState], None]:
+    """A breaker's `on_transition`: one log line per change of an endpoint's circuit."""
+
+    def moved(previous: BreakerState, state: BreakerState) -> None:
+        log_method = log.info if state is BreakerState.CLOSED else log.warning
+        log_method("upstream endpoint circuit changed", endpoint=name, previous=str(previous), state=str(state))
+
+    return moved

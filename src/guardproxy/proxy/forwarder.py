@@ -106,9 +106,11 @@ class Forwarder:
             context.outcome = Outcome.CLIENT_CLOSED
             return
         except UpstreamError as exc:
+            context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
             await self._answer_failure(scope, send, context, exc)
             return
         context.upstream_seconds = time.perf_counter() - started
+        context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
         context.status = response.status
         # Upstream trailer fields go on as trailers only to a client that said it takes them
         # (RFC 9110 §10.1.4); the exchange sends them only after a chunked body, and drops
@@ -239,7 +241,7 @@ class Forwarder:
             context.outcome = Outcome.UPSTREAM_BUSY
             problem, detail = problems.UPSTREAM_BUSY, "The upstream service is at its connection limit."
         elif isinstance(exc, NoEndpointError):
-            context.outcome = Outcome.UPSTREAM_BUSY
+            context.outcome = Outcome.UPSTREAM_CIRCUIT_OPEN
             problem, detail = problems.UPSTREAM_CIRCUIT_OPEN, "No instance of the upstream service is taking requests."
         elif isinstance(exc, UpstreamProtocolError):
             context.outcome = Outcome.UPSTREAM_ERROR

@@ -16,20 +16,21 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 
 from guardproxy.proxy.balancer import Balancer
+from guardproxy.proxy.breaker import BreakerState
 from guardproxy.proxy.endpoints import Endpoint, EndpointResponse
 from guardproxy.proxy.errors import NoEndpointError, UpstreamError
 from guardproxy.proxy.retry import ReplayBody, RetryBudget, RetryPolicy, backoff_delay, may_retry
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse
 
-# Why an attempt is retried, as metrics and logs name it.
-Reason = str
+_CLOSED = BreakerState.CLOSED
 
 
 class AttemptObserver:
     """What the transport reports per attempt; the metrics implement it (no-ops by default)."""
 
     def attempt(self, endpoint: str, outcome: str) -> None:
-        """An attempt ended: `outcome` is "ok", "5xx" or the error's kind."""
+        """An attempt ended in a 5xx answer or a failure (`outcome`: "5xx" or the error's
+        kind); answers below 500 are counted in `Endpoint.ok_attempts` instead."""
 
     def retry(self, reason: str) -> None:
         """A retry was started after a failure of this kind."""
@@ -55,62 +56,84 @@ class ResilientTransport:
         self._policies = dict(policies)
         self._default = default
         self._budget = budget
+        self._requests = budget.requests
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
-        self._observer = observer or AttemptObserver()
+        self._observer = observer
+        # The one endpoint, when there is only one: no balancing, no in-flight count.
+        self._only = balancer.endpoints[0] if len(balancer.endpoints) == 1 else None
 
     @property
     def endpoints(self) -> list[Endpoint]:
         return self.balancer.endpoints
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:  # noqa: PLR0912, PLR0915 - the hot path in one piece
         policy = self._policies.get(request.route, self._default)
-        self._budget.record_request()
+        self._requests.pending += 1  # the budget's count of requests: no clock reading here
         bodiless = request.body is None
         replay: ReplayBody | None = None
-        if request.body is not None and policy.attempts and policy.replay_bytes:
-            replay = ReplayBody(request.body, policy.replay_bytes)
+        if not bodiless and policy.attempts and policy.replay_bytes:
+            replay = ReplayBody(request.body, policy.replay_bytes)  # type: ignore[arg-type]
         deadline = self._clock() + policy.total_timeout if policy.total_timeout is not None else None
         tried: list[Endpoint] = []
-        observer = self._observer
-        retries = 0
+        last_error: UpstreamError | None = None
+        only = self._only
         while True:
-            endpoint = self.balancer.pick(tried)
+            # One endpoint, not held back, its circuit closed: no balancing (the common case).
+            if only is not None and not only.held_until and (only.breaker is None or only.breaker.state is _CLOSED):
+                endpoint: Endpoint | None = only
+            else:
+                endpoint = self.balancer.pick(tried)
             if endpoint is None:
-                retry_after = self.balancer.retry_in()
-                raise NoEndpointError("no upstream endpoint is taking requests", retry_after)
+                if last_error is not None:
+                    raise last_error  # a retry found every endpoint out: the failure is the answer
+                request.attempts = 0
+                raise NoEndpointError("no upstream endpoint is taking requests", self.balancer.retry_in())
+            request.attempts = len(tried) + 1
+            request.endpoint = endpoint.name
             if replay is not None:
                 request.body = replay.chunks()
-            endpoint.in_flight += 1
+            if only is None:
+                endpoint.in_flight += 1
             try:
                 response = await endpoint.pool.send(request)
             except UpstreamError as exc:
-                endpoint.in_flight -= 1
-                endpoint.failed()
-                observer.attempt(endpoint.name, exc.kind)
+                if only is None:
+                    endpoint.in_flight -= 1
                 replayable = bodiless or (replay is not None and replay.replayable)
-                if not self._retry_allowed(
-                    request=request, policy=policy, exc=exc, replayable=replayable, retries=retries, deadline=deadline
-                ):
+                delay = self._after_failure(
+                    endpoint,
+                    request=request,
+                    policy=policy,
+                    exc=exc,
+                    replayable=replayable,
+                    retries=len(tried),
+                    deadline=deadline,
+                )
+                if delay is None:
                     raise
-                delay = backoff_delay(retries, base=policy.backoff_base, cap=policy.backoff_cap, rand=self._rand)
-                retries += 1
-                observer.retry(exc.kind)
+                last_error = exc
                 tried.append(endpoint)
                 if delay:
                     await self._sleep(delay)
                 continue
             except BaseException:
-                endpoint.in_flight -= 1
+                if only is None:
+                    endpoint.in_flight -= 1
                 raise
-            status = response.status
-            endpoint.answered(status, response.headers, self._clock())
-            observer.attempt(endpoint.name, "5xx" if status >= 500 else "ok")
-            return EndpointResponse(response, endpoint)
+            if response.status < 500:
+                endpoint.succeeded()
+            else:
+                endpoint.answered(response.status, response.headers, self._clock)
+                if self._observer is not None:
+                    self._observer.attempt(endpoint.name, "5xx")
+            # With several endpoints the balancer reads requests in flight until the body is done.
+            return response if only is not None else EndpointResponse(response, endpoint)
 
-    def _retry_allowed(
+    def _after_failure(
         self,
+        endpoint: Endpoint,
         *,
         request: UpstreamRequest,
         policy: RetryPolicy,
@@ -118,9 +141,15 @@ class ResilientTransport:
         replayable: bool,
         retries: int,
         deadline: float | None,
-    ) -> bool:
+    ) -> float | None:
+        """The one retry decision after a failed attempt: the back-off before the retry, or
+        None when the failure is the answer."""
+        endpoint.failed()
+        observer = self._observer
+        if observer is not None:
+            observer.attempt(endpoint.name, exc.kind)
         if retries >= policy.attempts or isinstance(exc, NoEndpointError):
-            return False
+            return None
         if not may_retry(
             method=request.method,
             idempotent=policy.idempotent,
@@ -128,14 +157,17 @@ class ResilientTransport:
             response_started=exc.received,
             body_replayable=replayable,
         ):
-            return False
+            return None
         if deadline is not None and self._clock() + policy.backoff_cap >= deadline:
             # Not enough of the route's total time left for another attempt to mean anything.
-            return False
+            return None
         if not self._budget.try_spend():
-            self._observer.budget_exhausted()
-            return False
-        return True
+            if observer is not None:
+                observer.budget_exhausted()
+            return None
+        if observer is not None:
+            observer.retry(exc.kind)
+        return backoff_delay(retries, base=policy.backoff_base, cap=policy.backoff_cap, rand=self._rand)
 
     @property
     def open_connections(self) -> int:

@@ -27,6 +27,9 @@ class UpstreamRequest:
     read_timeout: float
     # The route's name: a transport that retries (proxy/resilient.py) keeps its policy by it.
     route: str = "default"
+    # Written by the transport: attempts made, and the endpoint that took the last one.
+    attempts: int = 1
+    endpoint: str = ""
 
 
 class UpstreamResponse(Protocol):

@@ -166,6 +166,6 @@ def test_old_failures_leave_the_window() -> None:
 def test_sliding_counts_after_a_long_pause_hold_nothing() -> None:
     counts = SlidingCounts(window=1.0, buckets=4)
     for step in range(8):
-        counts.add(10.0 + step * 0.1, marked=step % 2 == 0)
+        counts.add(10.0 + step * 0.1, step % 2 == 0)
     assert counts.counts(10.7) == (8, 4)
     assert counts.counts(10_000.0) == (0, 0)

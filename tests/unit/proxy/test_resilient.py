@@ -163,7 +163,8 @@ async def test_a_refused_connection_is_retried_on_the_other_endpoint() -> None:
     made, observer, slept = transport(first, second)
     response = await made.send(request())
     assert response.status == 200
-    assert observer.attempts == [("e0", "connect"), ("e1", "ok")]
+    assert observer.attempts == [("e0", "connect")]
+    assert [endpoint.ok_attempts for endpoint in made.endpoints] == [0, 1]
     assert observer.retries == ["connect"]
     assert slept == [0.005]  # half of min(cap, base): the jitter drew 0.5
 
@@ -291,17 +292,18 @@ async def test_a_503_with_retry_after_holds_that_endpoint_back() -> None:
 
 
 async def test_in_flight_counts_until_the_response_is_closed() -> None:
-    pool = ScriptedPool()
-    made, _, _ = transport(pool)
+    first, second = ScriptedPool(), ScriptedPool()
+    made, _, _ = transport(first, second)
     response = await made.send(request())
-    assert made.endpoints[0].in_flight == 1
+    assert [endpoint.in_flight for endpoint in made.endpoints] == [1, 0]
     response.close()
     response.close()
     assert made.endpoints[0].in_flight == 0
-    pool.outcomes = [Refused(), Refused(), Refused()]
+    first.outcomes = [Refused(), Refused()]
+    second.outcomes = [Refused(), Refused()]
     with pytest.raises(UpstreamConnectError):
         await made.send(request())
-    assert made.endpoints[0].in_flight == 0
+    assert [endpoint.in_flight for endpoint in made.endpoints] == [0, 0]
 
 
 async def test_one_endpoint_is_retried_itself() -> None:
@@ -316,3 +318,14 @@ async def test_closing_closes_every_pool() -> None:
     made, _, _ = transport(*pools)
     await made.aclose()
     assert all(pool.closed for pool in pools)
+
+
+async def test_a_retry_that_finds_every_endpoint_out_answers_with_the_real_failure() -> None:
+    pool = ScriptedPool(Refused())
+    made, _, _ = transport(pool, consecutive_failures=1)
+    with pytest.raises(UpstreamConnectError):
+        await made.send(request())  # the failure opened the only circuit before its retry
+    assert len(pool.bodies) == 1
+    with pytest.raises(NoEndpointError):
+        await made.send(request())  # the next request fails fast
+    assert len(pool.bodies) == 1

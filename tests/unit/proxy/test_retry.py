@@ -149,3 +149,14 @@ async def test_an_attempt_cancelled_while_reading_the_client_makes_it_unreplayab
     with pytest.raises(asyncio.CancelledError):
         await reading
     assert not body.replayable
+
+
+def test_requests_of_a_quiet_hour_do_not_count_as_the_last_window() -> None:
+    clock = Clock()
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window=10.0, clock=clock)
+    assert not budget.try_spend()  # no request yet: no room (and the counts are read once)
+    clock.now += 3600.0
+    for _ in range(3600):
+        budget.record_request()  # one a second over the hour
+    # About 10 of them fall within the last 10 s: room for 2 retries, not for 720.
+    assert sum(budget.try_spend() for _ in range(100)) == 2
