@@ -45,6 +45,8 @@ ALERTS = {
     "GuardproxyRateLimitSpike",
     "GuardproxyUpstreamDown",
     "GuardproxyRateLimitFallbackActive",
+    "GuardproxyAllEndpointsUnhealthy",
+    "GuardproxyHighRetryRate",
 }
 CONFIG_FILE = "guardproxy.yaml"
 # guardproxy's defaults for the drain (config/guardproxy.yaml), when the file does not set them.

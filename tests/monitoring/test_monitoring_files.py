@@ -150,7 +150,7 @@ def send_traffic(gp: Guardproxy) -> None:
 # --- the files themselves -------------------------------------------------------------------------
 
 
-def test_rules_are_exactly_the_five_alerts_each_with_a_runbook() -> None:
+def test_rules_are_exactly_the_shipped_alerts_each_with_a_runbook() -> None:
     shipped = rules()
     assert {rule["alert"] for rule in shipped} == ALERTS
     assert len(shipped) == len(ALERTS)
