@@ -51,7 +51,7 @@ from guardproxy.ratelimit.redis_store import RedisStore, connect
 from guardproxy.ratelimit.rules import compile_rules
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
 from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
-from guardproxy.upstream import build_observed_transport, upstream_endpoints, upstream_origin
+from guardproxy.upstream import build_observed_transport, start_transport, upstream_endpoints, upstream_origin
 
 
 class Runtime:
@@ -82,6 +82,7 @@ class Runtime:
             for guard in chain.guards:
                 for name, report in guard.readiness_checks().items():
                     self.readiness.inform(name, report)
+        await start_transport(self.pool)
         await self.readiness.start()
         for chain in self.chains:
             await chain.start()

@@ -12,6 +12,7 @@ from guardproxy.observability.metrics import MetricSources
 from guardproxy.observability.upstream import UpstreamMetrics
 from guardproxy.proxy.balancer import Balancer
 from guardproxy.proxy.breaker import CircuitBreaker
+from guardproxy.proxy.dns import DnsEndpoints, Resolver, address_url, system_resolver
 from guardproxy.proxy.endpoints import Endpoint, EndpointTarget, endpoint_name, log_transitions
 from guardproxy.proxy.pool import ConnectionPool, Origin
 from guardproxy.proxy.resilient import AttemptObserver, ResilientTransport
@@ -43,7 +44,9 @@ def upstream_ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return context
 
 
-def build_pool(settings: UpstreamSettings, url: str | None = None) -> ConnectionPool:
+def build_pool(
+    settings: UpstreamSettings, url: str | None = None, tls_server_name: str | None = None
+) -> ConnectionPool:
     return ConnectionPool(
         origin_of(url or settings.url),
         max_connections=settings.max_connections,
@@ -52,6 +55,7 @@ def build_pool(settings: UpstreamSettings, url: str | None = None) -> Connection
         ssl_context=upstream_ssl_context(settings),
         max_head_bytes=settings.max_response_head_bytes,
         max_header_fields=settings.max_response_header_fields,
+        tls_server_name=tls_server_name,
     )
 
 
@@ -63,8 +67,13 @@ def endpoint_targets(settings: UpstreamSettings) -> list[EndpointTarget]:
 
 
 def needs_resilience(settings: UpstreamSettings) -> bool:
-    """Whether the plain pool is not enough: several endpoints, retries or a breaker."""
-    return len(endpoint_targets(settings)) > 1 or settings.retries.attempts > 0 or settings.circuit_breaker.enabled
+    """Whether the plain pool is not enough: several endpoints, retries, a breaker or DNS."""
+    return (
+        len(endpoint_targets(settings)) > 1
+        or settings.retries.attempts > 0
+        or settings.circuit_breaker.enabled
+        or settings.dns_ttl is not None
+    )
 
 
 def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:
@@ -91,36 +100,23 @@ def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:
     return policies
 
 
-def build_transport(settings: Settings, observer: AttemptObserver | None = None) -> ConnectionPool | ResilientTransport:
+def build_transport(
+    settings: Settings, observer: AttemptObserver | None = None, resolver: Resolver = system_resolver
+) -> ConnectionPool | ResilientTransport:
     """The plain pool for one endpoint without retries or breaker (the thinnest path), else a
-    `ResilientTransport` over one pool per endpoint."""
+    `ResilientTransport` over one pool per endpoint (per address of url's name with dns_ttl)."""
     upstream = settings.upstream
     if not needs_resilience(upstream):
         return build_pool(upstream)
-    breaker = upstream.circuit_breaker
     clock = time.monotonic
+    targets = [] if upstream.dns_ttl is not None else endpoint_targets(upstream)
     endpoints = [
-        Endpoint(
-            target,
-            build_pool(upstream, target.url),
-            CircuitBreaker(
-                consecutive_failures=breaker.consecutive_failures,
-                failure_ratio=breaker.failure_ratio,
-                min_requests=breaker.min_requests,
-                window=breaker.window,
-                open_for=breaker.open_for,
-                half_open_probes=breaker.half_open_probes,
-                clock=clock,
-                on_transition=log_transitions(target.name),
-            )
-            if breaker.enabled
-            else None,
-        )
-        for target in endpoint_targets(upstream)
+        Endpoint(target, build_pool(upstream, target.url), endpoint_breaker(upstream, target)) for target in targets
     ]
     policies = retry_policies(settings)
     retries = upstream.retries
-    return ResilientTransport(
+    origin = upstream_origin(upstream)
+    transport = ResilientTransport(
         Balancer(endpoints, balance=upstream.balance, clock=clock),
         policies=policies,
         default=policies[DEFAULT_ROUTE_NAME],
@@ -132,7 +128,47 @@ def build_transport(settings: Settings, observer: AttemptObserver | None = None)
         ),
         clock=clock,
         observer=observer,
+        scheme=origin.scheme,
     )
+    if upstream.dns_ttl is not None:
+
+        def address_endpoint(address: str) -> Endpoint:
+            url = address_url(origin.scheme, address, origin.port)
+            target = EndpointTarget(endpoint_name(url, None), url)
+            pool = build_pool(upstream, url, tls_server_name=origin.host)
+            return Endpoint(target, pool, endpoint_breaker(upstream, target))
+
+        transport.refresher = DnsEndpoints(
+            transport,
+            host=origin.host,
+            port=origin.port,
+            ttl=upstream.dns_ttl,
+            make_endpoint=address_endpoint,
+            resolver=resolver,
+        )
+    return transport
+
+
+def endpoint_breaker(upstream: UpstreamSettings, target: EndpointTarget) -> CircuitBreaker | None:
+    breaker = upstream.circuit_breaker
+    if not breaker.enabled:
+        return None
+    return CircuitBreaker(
+        consecutive_failures=breaker.consecutive_failures,
+        failure_ratio=breaker.failure_ratio,
+        min_requests=breaker.min_requests,
+        window=breaker.window,
+        open_for=breaker.open_for,
+        half_open_probes=breaker.half_open_probes,
+        clock=time.monotonic,
+        on_transition=log_transitions(target.name),
+    )
+
+
+async def start_transport(transport: UpstreamTransport) -> None:
+    """What a transport must do before it serves (resolve its name, with dns_ttl)."""
+    if isinstance(transport, ResilientTransport):
+        await transport.start()
 
 
 def build_observed_transport(settings: Settings, metrics: MetricSources | None) -> ConnectionPool | ResilientTransport:
@@ -141,7 +177,7 @@ def build_observed_transport(settings: Settings, metrics: MetricSources | None) 
         return build_transport(settings)
     observer = UpstreamMetrics(metrics)
     transport = build_transport(settings, observer)
-    observer.watch(upstream_endpoints(transport))
+    observer.watch(lambda: upstream_endpoints(transport))
     return transport
 
 

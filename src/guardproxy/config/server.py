@@ -126,6 +126,9 @@ class UpstreamSettings(Section):
     balance: Balance = "least_in_flight"
     retries: RetrySettings = RetrySettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    # Seconds between resolutions of url's host name: each address it resolves to becomes an
+    # endpoint (a headless Kubernetes Service, compose replicas). None: resolved per connection.
+    dns_ttl: PositiveFloat | None = None
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
     # Seconds for the whole exchange, body included; None: no limit, so streams and long
@@ -179,6 +182,8 @@ class UpstreamSettings(Section):
     @model_validator(mode="after")
     def _url_among_endpoints(self) -> UpstreamSettings:
         check_url_among(self.url, self.endpoints)
+        if self.dns_ttl is not None and self.endpoints:
+            raise ValueError("upstream.dns_ttl makes endpoints of url's addresses: leave upstream.endpoints out")
         return self
 
     @field_validator("internal_origins")

@@ -7,7 +7,7 @@ is in). Endpoint labels are the configured names: a bounded set."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from guardproxy.observability.metrics import MetricSources
 from guardproxy.proxy.endpoints import Endpoint
@@ -24,7 +24,7 @@ class UpstreamMetrics(AttemptObserver):
         self._attempts = sources.counted(families.upstream_attempts)
         self._retries = sources.counted(families.upstream_retries)
         self._exhausted = 0
-        self._endpoints: Sequence[Endpoint] = ()
+        self._endpoints: Callable[[], Sequence[Endpoint]] = tuple
         # Series that exist from the start, so a rate() sees the first retry.
         for reason in RETRY_REASONS:
             families.upstream_retries.labels(reason)
@@ -39,10 +39,11 @@ class UpstreamMetrics(AttemptObserver):
     def budget_exhausted(self) -> None:
         self._exhausted += 1
 
-    def watch(self, endpoints: Sequence[Endpoint]) -> None:
-        """Report these endpoints' states at every flush."""
+    def watch(self, endpoints: Callable[[], Sequence[Endpoint]]) -> None:
+        """Report the states of the endpoints `endpoints()` gives (they change with DNS) at
+        every flush."""
         self._endpoints = endpoints
-        for endpoint in endpoints:
+        for endpoint in endpoints():
             self._families.upstream_attempts.labels(endpoint.name, "ok")
 
     def _flush(self) -> None:
@@ -51,7 +52,7 @@ class UpstreamMetrics(AttemptObserver):
             families.upstream_retry_budget_exhausted.inc(self._exhausted)
             self._exhausted = 0
         now = time.monotonic()
-        for endpoint in self._endpoints:
+        for endpoint in self._endpoints():
             if endpoint.ok_attempts:
                 families.upstream_attempts.labels(endpoint.name, "ok").inc(endpoint.ok_attempts)
                 endpoint.ok_attempts = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from guardproxy.proxy.balancer import Balancer
 from guardproxy.proxy.breaker import BreakerState
@@ -39,6 +40,14 @@ class AttemptObserver:
         """A retry was safe but the budget had no room for it."""
 
 
+class Refresher(Protocol):
+    """Something that changes the endpoints while the transport runs (proxy/dns.py)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class ResilientTransport:
     def __init__(
         self,
@@ -51,8 +60,11 @@ class ResilientTransport:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         observer: AttemptObserver | None = None,
+        scheme: str = "http",
     ) -> None:
         self.balancer = balancer
+        self.scheme = scheme
+        self.refresher: Refresher | None = None
         self._policies = dict(policies)
         self._default = default
         self._budget = budget
@@ -61,8 +73,8 @@ class ResilientTransport:
         self._sleep = sleep
         self._rand = rand
         self._observer = observer
-        # The one endpoint, when there is only one: no balancing, no in-flight count.
-        self._only = balancer.endpoints[0] if len(balancer.endpoints) == 1 else None
+        self._only: Endpoint | None = None
+        self.set_endpoints(balancer.endpoints)
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -169,10 +181,22 @@ class ResilientTransport:
             observer.retry(exc.kind)
         return backoff_delay(retries, base=policy.backoff_base, cap=policy.backoff_cap, rand=self._rand)
 
+    def set_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """The endpoints to balance over from now on (requests in flight finish where they are)."""
+        self.balancer.endpoints = list(endpoints)
+        # The one endpoint, when there is only one: no balancing, no in-flight count.
+        self._only = endpoints[0] if len(endpoints) == 1 else None
+
+    async def start(self) -> None:
+        if self.refresher is not None:
+            await self.refresher.start()
+
     @property
     def open_connections(self) -> int:
         return sum(getattr(endpoint.pool, "open_connections", 0) for endpoint in self.endpoints)
 
     async def aclose(self) -> None:
+        if self.refresher is not None:
+            await self.refresher.aclose()
         for endpoint in self.endpoints:
             await endpoint.pool.aclose()

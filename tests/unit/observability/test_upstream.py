@@ -33,7 +33,7 @@ def setup() -> tuple[ProxyMetrics, UpstreamMetrics, list[Endpoint]]:
         )
         for name in ("a", "b")
     ]
-    observer.watch(endpoints)
+    observer.watch(lambda: endpoints)
     return metrics, observer, endpoints
 
 
