@@ -99,6 +99,44 @@ def test_cut_connections_lose_no_get_and_never_send_a_post_twice(start_proxy) ->
     print(f"\ncut every other connection: GETs 20/20 ok, POSTs {20 - len(failed)}/20 ok, each sent once")
 
 
+def test_a_put_cut_after_its_body_went_out_is_sent_again_whole(start_proxy) -> None:  # type: ignore[no-untyped-def]
+    bodies: list[tuple[int, bytes]] = []
+
+    def handler(conn: socket.socket, index: int) -> None:
+        request = read_request(conn)
+        if request is None:
+            return
+        bodies.append((index, request[1]))
+        if index % 2 == 1:
+            conn.sendall(OK_CLOSE)
+
+    payload = bytes(range(256)) * 40  # 10 KiB: within the replay buffer
+    with raw_upstream(handler) as upstream:
+        gp = start_proxy(upstream.url, env={"GUARDPROXY_UPSTREAM__HEALTH_CHECK__INTERVAL": "3600"})
+        responses = [httpx.put(f"{gp.url}/doc/{n}", content=payload, timeout=10) for n in range(5)]
+    assert [response.status_code for response in responses] == [200] * 5
+    assert all(body == payload for _, body in bodies)  # every attempt carried the whole body
+    cut = [index for index, _ in bodies if index % 2 == 0]
+    assert len(cut) >= 4  # (the readiness probe's connection may take one of the cut turns)
+    assert len(bodies) == 5 + len(cut)
+
+
+def test_a_large_put_cut_after_it_went_out_is_not_resent(start_proxy) -> None:  # type: ignore[no-untyped-def]
+    seen: list[int] = []
+
+    def handler(conn: socket.socket, _: int) -> None:
+        request = read_request(conn)
+        if request is not None:
+            seen.append(len(request[1]))  # and close without an answer
+
+    with raw_upstream(handler) as upstream:
+        env = {"GUARDPROXY_UPSTREAM__RETRIES__REPLAY_BUFFER_BYTES": "1024"}
+        gp = start_proxy(upstream.url, env=env)
+        response = httpx.put(f"{gp.url}/doc", content=b"x" * 4096, timeout=10)
+    assert response.status_code == 502
+    assert [size for size in seen if size] == [4096]  # past the replay buffer: sent once
+
+
 def test_a_post_refused_before_anything_was_sent_is_retried_elsewhere(start_proxy) -> None:  # type: ignore[no-untyped-def]
     live = CountingHandler()
     with raw_upstream(live) as upstream:

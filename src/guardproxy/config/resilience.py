@@ -69,8 +69,8 @@ class RetryOverride(Section):
 
 class CircuitBreakerSettings(Section):
     enabled: bool = True
-    # Opens after this many failures in a row (connect errors, cut connections, timeouts,
-    # 502/503/504 answers) ...
+    # Opens after this many failures in a row (connect errors, cut connections, timeouts, and
+    # with several endpoints 502/503/504 answers) ...
     consecutive_failures: Annotated[int, Field(ge=1)] = 5
     # ... or when at least this share of the last `window` seconds' requests failed, once
     # there were min_requests of them.

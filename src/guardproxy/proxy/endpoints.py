@@ -2,9 +2,10 @@
 balancer reads (requests in flight, whether it is held back or unhealthy).
 
 Passive outlier detection is the breaker's: connect failures, cut connections, timeouts and
-502/503/504 answers count as failures, and `consecutive_failures` of them in a row (or a
-failure ratio) take the endpoint out of the balancing for `open_for` seconds. A 503 with
-`Retry-After` holds the endpoint back for that long (capped), as the upstream asked. Active
+(with several endpoints) 502/503/504 answers count as failures, and `consecutive_failures` of
+them in a row (or a failure ratio) take the endpoint out of the balancing for `open_for`
+seconds. With several endpoints, a 503 with `Retry-After` holds the endpoint back for that long
+(capped), as the upstream asked. Active
 checks (health.py) set `healthy`.
 """
 
@@ -80,11 +81,13 @@ class Endpoint:
         if breaker is not None:
             breaker.record_success()
 
-    def answered(self, status: int, headers: Headers, clock: Callable[[], float]) -> None:
-        """A 5xx answer: 502, 503 and 504 count against the endpoint; a 503's Retry-After
-        holds it back."""
+    def answered(self, status: int, headers: Headers, clock: Callable[[], float], *, shared: bool) -> None:
+        """A 5xx answer. When the endpoint `shared` the load with others, 502, 503 and 504
+        count against it and a 503's Retry-After holds it back, so traffic goes elsewhere. The
+        only endpoint is never taken out for its answers: it was reached, and relaying what it
+        said is what a drop-in proxy does (one route's 503 must not become every route's)."""
         breaker = self.breaker
-        if status in FAILURE_STATUSES:
+        if shared and status in FAILURE_STATUSES:
             if breaker is not None:
                 breaker.record_failure()
             if status == 503:

@@ -85,7 +85,9 @@ class ResilientTransport:
         self._requests.pending += 1  # the budget's count of requests: no clock reading here
         bodiless = request.body is None
         replay: ReplayBody | None = None
-        if not bodiless and policy.attempts and policy.replay_bytes:
+        # Only an idempotent body is kept: any other is resent only when none of it left, and
+        # then the client's stream is still unread.
+        if not bodiless and policy.attempts and policy.replay_bytes and request.method in policy.idempotent:
             replay = ReplayBody(request.body, policy.replay_bytes)  # type: ignore[arg-type]
         deadline = self._clock() + policy.total_timeout if policy.total_timeout is not None else None
         tried: list[Endpoint] = []
@@ -137,7 +139,7 @@ class ResilientTransport:
             if response.status < 500:
                 endpoint.succeeded()
             else:
-                endpoint.answered(response.status, response.headers, self._clock)
+                endpoint.answered(response.status, response.headers, self._clock, shared=only is None)
                 if self._observer is not None:
                     self._observer.attempt(endpoint.name, "5xx")
             # With several endpoints the balancer reads requests in flight until the body is done.

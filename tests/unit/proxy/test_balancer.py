@@ -75,7 +75,7 @@ def test_every_circuit_open_means_no_endpoint_and_says_when_to_come_back() -> No
 def test_a_held_back_endpoint_is_skipped_until_its_retry_after() -> None:
     clock = Clock()
     pool = endpoints(2, clock)
-    pool[1].answered(503, [(b"retry-after", b"3")], clock)
+    pool[1].answered(503, [(b"retry-after", b"3")], clock, shared=True)
     balancer = Balancer(pool, balance="round_robin", clock=clock)
     assert {balancer.pick().name for _ in range(4)} == {"e0"}  # type: ignore[union-attr]
     assert pool[1].state(clock.now) == "open"  # one 503 is also a failure to this breaker
@@ -88,7 +88,7 @@ def test_a_malformed_or_date_retry_after_holds_nothing() -> None:
     endpoint = endpoints(1, clock)[0]
     endpoint.breaker = None
     for value in (b"soon", b"-5", b"Wed, 21 Oct 2015 07:28:00 GMT", b"1e9", b""):
-        endpoint.answered(503, [(b"retry-after", value)], clock)
+        endpoint.answered(503, [(b"retry-after", value)], clock, shared=True)
         assert endpoint.available(clock.now), value
 
 
@@ -96,7 +96,7 @@ def test_a_huge_retry_after_is_capped() -> None:
     clock = Clock()
     endpoint = endpoints(1, clock)[0]
     endpoint.breaker = None
-    endpoint.answered(503, [(b"retry-after", b"999999999")], clock)
+    endpoint.answered(503, [(b"retry-after", b"999999999")], clock, shared=True)
     clock.now += 60.0
     assert endpoint.available(clock.now)
 

@@ -51,6 +51,11 @@ class ScriptedPool:
         self.closed = False
 
     async def send(self, request: UpstreamRequest) -> MockResponse:
+        outcome = self.outcomes.pop(0) if self.outcomes else 200
+        if isinstance(outcome, UpstreamError) and not outcome.written:
+            # As the real pool: a connection that never opened read nothing of the body.
+            self.bodies.append(b"")
+            raise outcome
         body = b""
         if request.body is not None:
             count = 0
@@ -60,7 +65,6 @@ class ScriptedPool:
                 if self.read_chunks is not None and count >= self.read_chunks:
                     break
         self.bodies.append(body)
-        outcome = self.outcomes.pop(0) if self.outcomes else 200
         if isinstance(outcome, UpstreamError):
             raise outcome
         headers = [(b"retry-after", b"7")] if outcome == 503 else []
@@ -329,3 +333,20 @@ async def test_a_retry_that_finds_every_endpoint_out_answers_with_the_real_failu
     with pytest.raises(NoEndpointError):
         await made.send(request())  # the next request fails fast
     assert len(pool.bodies) == 1
+
+
+async def test_the_only_endpoint_is_never_taken_out_for_its_answers() -> None:
+    pool = ScriptedPool(*[503] * 10, 200)
+    made, _, _ = transport(pool, consecutive_failures=2)
+    statuses = [(await made.send(request())).status for _ in range(11)]
+    assert statuses == [503] * 10 + [200]  # every one relayed, none answered by guardproxy
+    assert made.endpoints[0].state(0.0) == "healthy"
+
+
+async def test_answers_open_the_circuit_of_one_of_several_endpoints() -> None:
+    first, second = ScriptedPool(502, 502), ScriptedPool()
+    made, _, _ = transport(first, second, consecutive_failures=2)
+    for _ in range(6):
+        await made.send(request())
+    assert made.endpoints[0].breaker.state == "open"  # type: ignore[union-attr]
+    assert (len(first.bodies), len(second.bodies)) == (2, 4)
