@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardproxy.proxy.retry import ReplayBody, RetryBudget, backoff_delay, may_retry
@@ -16,6 +16,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 methods = st.sampled_from([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"POST", b"PATCH", b"PROPFIND"])
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(method=methods, written=st.booleans(), replayable=st.booleans())
 def test_never_after_a_response_byte(method: bytes, written: bool, replayable: bool) -> None:
     assert not may_retry(
@@ -23,6 +24,7 @@ def test_never_after_a_response_byte(method: bytes, written: bool, replayable: b
     )
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(method=methods, replayable=st.booleans())
 def test_any_method_when_nothing_was_written(method: bytes, replayable: bool) -> None:
     assert may_retry(
@@ -30,6 +32,7 @@ def test_any_method_when_nothing_was_written(method: bytes, replayable: bool) ->
     )
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(method=st.sampled_from([b"POST", b"PATCH", b"PROPFIND", b"CONNECT"]), replayable=st.booleans())
 def test_never_a_non_idempotent_method_once_bytes_were_sent(method: bytes, replayable: bool) -> None:
     assert not may_retry(
@@ -37,6 +40,7 @@ def test_never_a_non_idempotent_method_once_bytes_were_sent(method: bytes, repla
     )
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(method=methods)
 def test_never_a_body_that_was_not_kept_once_bytes_were_sent(method: bytes) -> None:
     assert not may_retry(
@@ -44,6 +48,7 @@ def test_never_a_body_that_was_not_kept_once_bytes_were_sent(method: bytes) -> N
     )
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(method=methods, written=st.booleans(), started=st.booleans(), replayable=st.booleans(), extra=st.booleans())
 def test_the_decision_is_exactly_the_rule(
     method: bytes, written: bool, started: bool, replayable: bool, extra: bool
@@ -58,6 +63,7 @@ def test_the_decision_is_exactly_the_rule(
     )
 
 
+@settings(deadline=None)  # no timing in unit tests
 @given(
     retry=st.integers(min_value=0, max_value=100),
     base=st.floats(min_value=0, max_value=10),
