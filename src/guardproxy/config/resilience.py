@@ -86,7 +86,8 @@ class CircuitBreakerSettings(Section):
 def first_endpoint_url(endpoints: Any) -> Any:
     """The first endpoint's url in the raw input (a list, or a comma list from the
     environment): it stands for the upstream when `upstream.url` is left out."""
-    first = _comma_separated(endpoints)[0] if isinstance(endpoints, str | list) else None
+    items = _comma_separated(endpoints)
+    first = items[0] if isinstance(items, list) and items else None
     return first.get("url") if isinstance(first, dict) else first
 
 

@@ -166,7 +166,9 @@ class UpstreamSettings(Section):
     @classmethod
     def _url_from_endpoints(cls, values: object) -> object:
         if isinstance(values, dict) and values.get("url") is None and values.get("endpoints"):
-            return {**values, "url": first_endpoint_url(values["endpoints"])}
+            url = first_endpoint_url(values["endpoints"])
+            if url is not None:
+                return {**values, "url": url}
         return values
 
     @field_validator("url")

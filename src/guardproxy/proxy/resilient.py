@@ -90,7 +90,7 @@ class ResilientTransport:
         if not bodiless and policy.attempts and policy.replay_bytes and request.method in policy.idempotent:
             replay = ReplayBody(request.body, policy.replay_bytes)  # type: ignore[arg-type]
         deadline = self._clock() + policy.total_timeout if policy.total_timeout is not None else None
-        tried: list[Endpoint] = []
+        tried: tuple[Endpoint, ...] = ()  # a tuple: no allocation unless there is a retry
         last_error: UpstreamError | None = None
         only = self._only
         while True:
@@ -104,7 +104,7 @@ class ResilientTransport:
                     raise last_error  # a retry found every endpoint out: the failure is the answer
                 request.attempts = 0
                 raise NoEndpointError("no upstream endpoint is taking requests", self.balancer.retry_in())
-            request.attempts = len(tried) + 1
+            request.attempts = len(tried) + 1 if tried else 1
             request.endpoint = endpoint.name
             if replay is not None:
                 request.body = replay.chunks()
@@ -128,7 +128,7 @@ class ResilientTransport:
                 if delay is None:
                     raise
                 last_error = exc
-                tried.append(endpoint)
+                tried += (endpoint,)
                 if delay:
                     await self._sleep(delay)
                 continue

@@ -61,6 +61,16 @@ def test_bad_values_name_their_setting(upstream: dict[str, object], expected: st
     assert any(expected in problem for problem in problems_of(upstream)), problems_of(upstream)
 
 
+@pytest.mark.parametrize("value", [",", " , ", "[]"])
+def test_an_empty_endpoint_list_from_the_environment_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM__ENDPOINTS", value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings({})
+    assert raised.value.problems
+
+
 def test_a_route_override_is_checked_too() -> None:
     routes = [{"name": "r", "path": "/r", "upstream": {"retries": {"attempts": 99}}}]
     assert any(
