@@ -36,6 +36,21 @@ class Balancer:
     def pick(self, tried: Sequence[Endpoint] = ()) -> Endpoint | None:
         """An endpoint for the next attempt, committed to (see `Endpoint.take`); None when
         every endpoint is out of the balancing."""
+        endpoints = self.endpoints
+        if not tried and all(endpoint.plainly_available() and endpoint.healthy for endpoint in endpoints):
+            # The common case: every endpoint usable, no clock reading, no list built.
+            candidates = endpoints
+        else:
+            candidates = self._candidates(tried)
+        while candidates:
+            endpoint = self._choose(candidates)
+            if endpoint.take():
+                return endpoint
+            # Its half-open probes are all out: the others may still take it.
+            candidates = [candidate for candidate in candidates if candidate is not endpoint]
+        return None
+
+    def _candidates(self, tried: Sequence[Endpoint]) -> list[Endpoint]:
         now = self._clock()
         candidates = [endpoint for endpoint in self.endpoints if endpoint.available(now)]
         healthy = [endpoint for endpoint in candidates if endpoint.healthy]
@@ -45,13 +60,7 @@ class Balancer:
             fresh = [endpoint for endpoint in candidates if endpoint not in tried]
             if fresh:
                 candidates = fresh
-        while candidates:
-            endpoint = self._choose(candidates)
-            if endpoint.take():
-                return endpoint
-            # Its half-open probes are all out: the others may still take it.
-            candidates.remove(endpoint)
-        return None
+        return candidates
 
     def retry_in(self) -> float:
         """Seconds until some endpoint takes traffic again (for Retry-After)."""
@@ -62,7 +71,7 @@ class Balancer:
         ]
         return min(waits, default=1.0)
 
-    def _choose(self, candidates: list[Endpoint]) -> Endpoint:
+    def _choose(self, candidates: Sequence[Endpoint]) -> Endpoint:
         if len(candidates) == 1:
             return candidates[0]
         if self._round_robin:
@@ -72,5 +81,12 @@ class Balancer:
                 if endpoint in candidates:
                     self._next = (self._next + step + 1) % count
                     return endpoint
-        first, second = self._rand.sample(candidates, 2)
-        return second if second.in_flight < first.in_flight else first
+        # Two different endpoints drawn at random (cheaper than random.sample).
+        count = len(candidates)
+        draw = self._rand.random
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
+        if second >= first:
+            second += 1
+        one, other = candidates[first], candidates[second]
+        return other if other.in_flight < one.in_flight else one
