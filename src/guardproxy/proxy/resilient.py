@@ -19,7 +19,7 @@ from typing import Protocol
 from guardproxy.proxy.balancer import Balancer
 from guardproxy.proxy.breaker import BreakerState
 from guardproxy.proxy.endpoints import Endpoint, EndpointResponse
-from guardproxy.proxy.errors import NoEndpointError, UpstreamError
+from guardproxy.proxy.errors import NoEndpointError, PoolExhaustedError, UpstreamError
 from guardproxy.proxy.retry import ReplayBody, RetryBudget, RetryPolicy, backoff_delay, may_retry
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse
 
@@ -158,11 +158,18 @@ class ResilientTransport:
     ) -> float | None:
         """The one retry decision after a failed attempt: the back-off before the retry, or
         None when the failure is the answer."""
-        endpoint.failed()
+        busy = isinstance(exc, PoolExhaustedError)
+        if not busy:
+            # A full pool is guardproxy's own limit, not the endpoint failing.
+            endpoint.failed()
         observer = self._observer
         if observer is not None:
             observer.attempt(endpoint.name, exc.kind)
         if retries >= policy.attempts or isinstance(exc, NoEndpointError):
+            return None
+        if busy and self._only is not None:
+            # It already waited connect_timeout for a free connection; waiting again on the
+            # same pool would only add load and latency.
             return None
         if not may_retry(
             method=request.method,

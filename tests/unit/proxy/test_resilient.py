@@ -14,6 +14,7 @@ from guardproxy.proxy.breaker import CircuitBreaker
 from guardproxy.proxy.endpoints import Endpoint, EndpointTarget
 from guardproxy.proxy.errors import (
     NoEndpointError,
+    PoolExhaustedError,
     UpstreamClosedError,
     UpstreamConnectError,
     UpstreamError,
@@ -350,3 +351,16 @@ async def test_answers_open_the_circuit_of_one_of_several_endpoints() -> None:
         await made.send(request())
     assert made.endpoints[0].breaker.state == "open"  # type: ignore[union-attr]
     assert (len(first.bodies), len(second.bodies)) == (2, 4)
+
+
+async def test_a_full_pool_is_retried_only_on_another_endpoint_and_never_opens_a_circuit() -> None:
+    busy = ScriptedPool(*[PoolExhaustedError("no free connection") for _ in range(3)])
+    made, _, _ = transport(busy, consecutive_failures=1)
+    with pytest.raises(PoolExhaustedError):
+        await made.send(request())
+    assert len(busy.bodies) == 1  # the only endpoint: not tried again
+    assert made.endpoints[0].state(0.0) == "healthy"
+    first, second = ScriptedPool(PoolExhaustedError("no free connection")), ScriptedPool()
+    made, _, _ = transport(first, second, consecutive_failures=1)
+    assert (await made.send(request())).status == 200
+    assert made.endpoints[0].state(0.0) == "healthy"
