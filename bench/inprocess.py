@@ -36,6 +36,7 @@ from guardproxy.proxy.pool import ConnectionPool
 from guardproxy.runtime import Runtime
 from guardproxy.server.limits import Lifecycle
 from guardproxy.server.protocol import ProxyHttpProtocol
+from guardproxy.upstream import upstream_pools
 
 # What wrk sends, and what the benchmark's upstream answers.
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -122,7 +123,8 @@ def main() -> int:
     settings = Settings(upstream={"url": "http://127.0.0.1:8000"})
     metrics = ProxyMetrics(CollectorRegistry()) if settings.metrics.enabled else None
     runtime = Runtime(settings, lifecycle=Lifecycle(), metrics=metrics)
-    fake_upstream(runtime.pool)
+    for pool in upstream_pools(runtime.pool):
+        fake_upstream(pool)
 
     class Config:  # what uvicorn would hand ProxyHttpProtocol (unused: the site gives the app)
         loaded = True

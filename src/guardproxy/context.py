@@ -63,6 +63,10 @@ class RequestContext:
     request_bytes: int = 0
     response_bytes: int = 0
     upstream_seconds: float = 0.0
+    # Attempts made upstream (retries included) and the endpoint of the last one (with several
+    # endpoints, proxy/resilient.py); for the access log.
+    upstream_attempts: int = 0
+    upstream_endpoint: str = ""
     # Who the request was authenticated as (guards/auth): the token's `sub`, the API key's name
     # or the forward-auth service's answer; the verified claims; the API key's name.
     subject: str = ""

@@ -58,6 +58,7 @@ class Outcome(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_BUSY = "upstream_busy"
+    UPSTREAM_CIRCUIT_OPEN = "upstream_circuit_open"  # 503: every endpoint out (breaker, Retry-After)
 
 
 # Refusals a client earns by sending what it should not: each also gets an audit line of its own.

@@ -49,6 +49,8 @@ UPSTREAM_UNAVAILABLE = ProblemType("upstream-unavailable", 502, "Bad Gateway")
 UPSTREAM_BAD_RESPONSE = ProblemType("upstream-bad-response", 502, "Bad Gateway")
 UPSTREAM_TIMEOUT = ProblemType("upstream-timeout", 504, "Gateway Timeout")
 UPSTREAM_BUSY = ProblemType("upstream-busy", 503, "Service Unavailable")
+# Every upstream endpoint is out of the balancing (circuit open, or held back by its Retry-After).
+UPSTREAM_CIRCUIT_OPEN = ProblemType("upstream-circuit-open", 503, "Service Unavailable")
 # draft-ietf-httpapi-idempotency-key-header §2.7: a missing or malformed key, a request with
 # the key still in flight, a key reused with another payload; and the key store being down.
 IDEMPOTENCY_KEY_MISSING = ProblemType("idempotency-key-missing", 400, "Bad Request")

@@ -54,7 +54,7 @@ from guardproxy.ratelimit.redis_store import RedisStore, connect
 from guardproxy.ratelimit.rules import compile_rules
 from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
 from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
-from guardproxy.upstream import build_pool, upstream_origin
+from guardproxy.upstream import build_observed_transport, start_transport, upstream_endpoints, upstream_origin
 
 
 class Runtime:
@@ -69,10 +69,10 @@ class Runtime:
         rate_limit_memory: MemoryStore | None = None,
     ) -> None:
         self.settings = settings
-        self.pool = build_pool(settings.upstream)
-        self.readiness = Readiness(settings.upstream, lifecycle)
-        self.readiness.config = {"hash": config_hash(settings), "loaded_at": datetime.now(UTC).isoformat()}
         self.metric_sources = metrics.sources() if metrics is not None else None
+        self.pool = build_observed_transport(settings, self.metric_sources)
+        self.readiness = Readiness(settings.upstream, lifecycle, upstream_endpoints(self.pool))
+        self.readiness.config = {"hash": config_hash(settings), "loaded_at": datetime.now(UTC).isoformat()}
         # In-process budgets: a reload hands the previous runtime's store over (server/reload.py).
         self.rate_limit_memory = (
             rate_limit_memory
@@ -101,6 +101,7 @@ class Runtime:
             for guard in chain.guards:
                 for name, report in guard.readiness_checks().items():
                     self.readiness.inform(name, report)
+        await start_transport(self.pool)
         await self.readiness.start()
         for chain in self.chains:
             await chain.start()

@@ -46,6 +46,8 @@ ALERTS = {
     "GuardproxyUpstreamDown",
     "GuardproxyRateLimitFallbackActive",
     "GuardproxyConfigReloadFailed",
+    "GuardproxyAllEndpointsUnhealthy",
+    "GuardproxyHighRetryRate",
 }
 CONFIG_FILE = "guardproxy.yaml"
 # guardproxy's defaults for the drain (config/guardproxy.yaml), when the file does not set them.

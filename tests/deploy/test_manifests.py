@@ -106,6 +106,8 @@ spec:
         - {alert: GuardproxyUpstreamDown, expr: vector(1)}
         - {alert: GuardproxyConfigReloadFailed, expr: vector(1)}
         - {alert: GuardproxyRateLimitFallbackActive, expr: vector(1)}
+        - {alert: GuardproxyAllEndpointsUnhealthy, expr: vector(1)}
+        - {alert: GuardproxyHighRetryRate, expr: vector(1)}
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -288,7 +290,7 @@ MISTAKES: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
     ),
     "autoscaler with fixed replicas": (_with_hpa_and_replicas, "must not set replicas"),
     "autoscaler for a missing deployment": (lambda docs: add_hpa(docs, target="other"), "not rendered"),
-    "alert missing": (_rules(lambda rules: rules.pop()), "alerts missing: GuardproxyRateLimitFallbackActive"),
+    "alert missing": (_rules(lambda rules: rules.pop()), "alerts missing: GuardproxyHighRetryRate"),
     "rule without expr": (_rules(lambda rules: rules[0].pop("expr")), "rules with expr"),
     "dashboard not JSON": (
         _edit_doc("ConfigMap", "gp-dashboard", lambda doc: doc.update(data={"guardproxy.json": "{title: x"})),

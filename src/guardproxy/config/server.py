@@ -19,6 +19,17 @@ from pydantic_settings import (
 )
 
 from guardproxy.config.base import Address, CommaList, ListenAddress, Section, default_address
+from guardproxy.config.resilience import (
+    Balance,
+    CircuitBreakerSettings,
+    Endpoints,
+    EndpointSettings,
+    RetryOverride,
+    RetrySettings,
+    check_endpoints,
+    check_url_among,
+    first_endpoint_url,
+)
 
 
 class ServerSettings(Section):
@@ -73,6 +84,12 @@ class HealthCheckSettings(Section):
     # Without a path the probe only opens a TCP connection; with one it sends `GET path` and
     # wants a status below 500.
     path: str | None = None
+    # With a path: the statuses that count as healthy (empty: any below 500).
+    expected_status: list[Annotated[int, Field(ge=100, le=599)]] = []
+    # Probes in a row that take an endpoint out of (unhealthy_after failed) or back into
+    # (healthy_after passed) the balancing.
+    unhealthy_after: Annotated[int, Field(ge=1)] = 2
+    healthy_after: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("path")
     @classmethod
@@ -102,7 +119,16 @@ def check_origin(value: str) -> str:
 
 
 class UpstreamSettings(Section):
+    # The upstream's origin; with `endpoints` it may be left out (the first endpoint's is used).
     url: str
+    # Several instances of the upstream (urls, or {url, name}), balanced and retried across.
+    endpoints: Endpoints = []
+    balance: Balance = "least_in_flight"
+    retries: RetrySettings = RetrySettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    # Seconds between resolutions of url's host name: each address it resolves to becomes an
+    # endpoint (a headless Kubernetes Service, compose replicas). None: resolved per connection.
+    dns_ttl: PositiveFloat | None = None
     connect_timeout: PositiveFloat = 5.0
     read_timeout: PositiveFloat = 60.0
     # Seconds for the whole exchange, body included; None: no limit, so streams and long
@@ -136,10 +162,31 @@ class UpstreamSettings(Section):
     # Also turn Set-Cookie Domain=<an internal host> into the host the client used.
     rewrite_cookie_domains: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_endpoints(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("url") is None and values.get("endpoints"):
+            url = first_endpoint_url(values["endpoints"])
+            if url is not None:
+                return {**values, "url": url}
+        return values
+
     @field_validator("url")
     @classmethod
     def _origin_only(cls, value: str) -> str:
         return check_origin(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_origins(cls, value: list[EndpointSettings]) -> list[EndpointSettings]:
+        return check_endpoints(value, check_origin)
+
+    @model_validator(mode="after")
+    def _url_among_endpoints(self) -> UpstreamSettings:
+        check_url_among(self.url, self.endpoints)
+        if self.dns_ttl is not None and self.endpoints:
+            raise ValueError("upstream.dns_ttl makes endpoints of url's addresses: leave upstream.endpoints out")
+        return self
 
     @field_validator("internal_origins")
     @classmethod
@@ -166,3 +213,4 @@ class TimeoutOverrides(Section):
     connect_timeout: PositiveFloat | None = None
     read_timeout: PositiveFloat | None = None
     total_timeout: PositiveFloat | None = None
+    retries: RetryOverride = RetryOverride()

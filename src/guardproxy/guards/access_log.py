@@ -64,6 +64,8 @@ class AccessLogGuard(Guard):
             # Whole microseconds, in milliseconds: int() is cheaper than round(x, 3) per request.
             "duration_ms": int((time.perf_counter() - context.started_at) * 1_000_000) / 1000,
             "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
+            "attempts": context.upstream_attempts,
+            "endpoint": context.upstream_endpoint or None,
             "user_agent": user_agent,
             "subject": context.subject,
         }

@@ -34,6 +34,7 @@ _UPSTREAM_FAILURES: dict[str, str] = {
     Outcome.UPSTREAM_ERROR: "unavailable",
     Outcome.UPSTREAM_TIMEOUT: "timeout",
     Outcome.UPSTREAM_BUSY: "pool_exhausted",
+    Outcome.UPSTREAM_CIRCUIT_OPEN: "circuit_open",
 }
 
 
@@ -68,6 +69,8 @@ class MetricSources:
         self.counts: list[tuple[Counter, PlainCounts]] = []
         self.in_flight: Callable[[], float] = lambda: 0
         self.upstream_up: Callable[[], bool] | None = None
+        # Called at every flush: they set gauges from the runtime's objects.
+        self.watchers: list[Callable[[], None]] = []
 
     def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
         """Register a source of request tallies: `take()` hands over what was counted so far."""
@@ -85,6 +88,9 @@ class MetricSources:
     def watch_upstream(self, up: Callable[[], bool]) -> None:
         """The readiness probe's latest verdict on the upstream, read at every flush."""
         self.upstream_up = up
+
+    def watch(self, update: Callable[[], None]) -> None:
+        self.watchers.append(update)
 
     def ratelimit_fallback(self, active: bool) -> None:
         self.families.ratelimit_fallback_active.set(int(active))
@@ -242,6 +248,26 @@ class ProxyMetrics:
             ["route"],
             registry=registry,
         )
+        # Upstream resilience (proxy/resilient.py): observability/upstream.py counts into these.
+        self.upstream_attempts = Counter(
+            "guardproxy_upstream_attempts_total",
+            "Attempts by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.upstream_retries = Counter(
+            "guardproxy_upstream_retries_total", "Retries by the failure's kind.", ["reason"], registry=registry
+        )
+        self.upstream_retry_budget_exhausted = Counter(
+            "guardproxy_upstream_retry_budget_exhausted_total", "Safe retries the budget refused.", registry=registry
+        )
+        self.upstream_endpoint_state = Gauge(
+            "guardproxy_upstream_endpoint_state",
+            "1 for each endpoint's state.",
+            ["endpoint", "state"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
@@ -336,6 +362,8 @@ class ProxyMetrics:
         for counter, counts in sources.counts:
             for labels, count in counts.take().items():
                 counter.labels(*labels).inc(count)
+        for update in sources.watchers:
+            update()
 
     def _flush_route(self, route: str, tally: RouteTally) -> None:
         for (method, status_class, outcome), count in tally.requests.items():

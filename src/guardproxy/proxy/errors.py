@@ -6,6 +6,13 @@ class UpstreamError(Exception):
 
     kind = "error"
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # What the failed attempt had done, for the retry decision (proxy/retry.py): whether a
+        # byte of the request went out, and whether a byte of a response came back.
+        self.written = False
+        self.received = False
+
 
 class UpstreamConnectError(UpstreamError):
     """No connection: refused, unreachable, DNS failure or TLS handshake failure (502)."""
@@ -35,3 +42,14 @@ class PoolExhaustedError(UpstreamError):
     """Every pooled connection stayed busy for the whole connect timeout (503)."""
 
     kind = "pool_exhausted"
+
+
+class NoEndpointError(UpstreamError):
+    """Every endpoint of the upstream is out of the balancing (circuit open, held back after a
+    503 with Retry-After): 503 at once, with Retry-After."""
+
+    kind = "no_endpoint"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

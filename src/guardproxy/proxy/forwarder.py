@@ -12,6 +12,7 @@ body can never be mistaken for a complete one.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 
@@ -32,6 +33,7 @@ from guardproxy.http1.fields import (
 )
 from guardproxy.outcomes import Outcome
 from guardproxy.proxy.errors import (
+    NoEndpointError,
     PoolExhaustedError,
     UpstreamError,
     UpstreamProtocolError,
@@ -104,9 +106,11 @@ class Forwarder:
             context.outcome = Outcome.CLIENT_CLOSED
             return
         except UpstreamError as exc:
+            context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
             await self._answer_failure(scope, send, context, exc)
             return
         context.upstream_seconds = time.perf_counter() - started
+        context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
         context.status = response.status
         # Upstream trailer fields go on as trailers only to a client that said it takes them
         # (RFC 9110 §10.1.4); the exchange sends them only after a chunked body, and drops
@@ -225,6 +229,7 @@ class Forwarder:
             content_length=None if chunked else content_length,
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
+            route=route.name,
         )
         return request, takes_trailers
 
@@ -235,6 +240,9 @@ class Forwarder:
         elif isinstance(exc, PoolExhaustedError):
             context.outcome = Outcome.UPSTREAM_BUSY
             problem, detail = problems.UPSTREAM_BUSY, "The upstream service is at its connection limit."
+        elif isinstance(exc, NoEndpointError):
+            context.outcome = Outcome.UPSTREAM_CIRCUIT_OPEN
+            problem, detail = problems.UPSTREAM_CIRCUIT_OPEN, "No instance of the upstream service is taking requests."
         elif isinstance(exc, UpstreamProtocolError):
             context.outcome = Outcome.UPSTREAM_ERROR
             problem, detail = (
@@ -252,6 +260,8 @@ class Forwarder:
             reason=str(exc),
         )
         headers = [(b"retry-after", b"1")] if isinstance(exc, PoolExhaustedError) else []
+        if isinstance(exc, NoEndpointError):
+            headers = [(b"retry-after", b"%d" % max(1, math.ceil(exc.retry_after)))]
         await Answer.problem(scope, problem, detail, headers).send(send)
 
 

@@ -89,8 +89,11 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
+        tls_server_name: str | None = None,
     ) -> None:
         self.origin = origin
+        # The name TLS verifies (and sends as SNI) when `origin` is one address of a DNS name.
+        self._server_name = tls_server_name or origin.host
         self._max_head_bytes = max_head_bytes
         self._max_header_fields = max_header_fields
         self._max_connections = max_connections
@@ -118,13 +121,16 @@ class ConnectionPool:
                 if not head.done():
                     await head
                 status, headers = connection.response_head()
-            except UpstreamClosedError:
+            except UpstreamClosedError as exc:
                 self._discard(connection)
                 if reused and connection.received_nothing and replayable:
                     continue
+                exc.written, exc.received = True, not connection.received_nothing
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self._discard(connection)
+                if isinstance(exc, UpstreamError):
+                    exc.written, exc.received = True, not connection.received_nothing
                 raise
             return PooledResponse(self, connection, status, headers)
 
@@ -197,7 +203,7 @@ class ConnectionPool:
                     self.origin.host,
                     self.origin.port,
                     ssl=self._ssl,
-                    server_hostname=self.origin.host if self._ssl is not None else None,
+                    server_hostname=self._server_name if self._ssl is not None else None,
                 )
         except TimeoutError:
             raise UpstreamTimeoutError("connect timed out") from None

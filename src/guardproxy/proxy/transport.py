@@ -25,6 +25,11 @@ class UpstreamRequest:
     content_length: int | None
     connect_timeout: float
     read_timeout: float
+    # The route's name: a transport that retries (proxy/resilient.py) keeps its policy by it.
+    route: str = "default"
+    # Written by the transport: attempts made, and the endpoint that took the last one.
+    attempts: int = 1
+    endpoint: str = ""
 
 
 class UpstreamResponse(Protocol):

@@ -3,9 +3,9 @@
 Every round trip to Redis gets a short time budget. A check that fails or runs over is decided by the
 fallback instead: the in-process limiter (`local`, the default: limits become per instance),
 admit everything (`allow`) or refuse everything with 429 (`deny`). After `breaker_failures`
-failures in a row the circuit opens: checks stop waiting on a dead Redis and go straight to the
-fallback; after `breaker_cooldown` one request's check probes Redis again, and a success closes
-the circuit. No request ever gets a 5xx because of the limiter's store.
+failures in a row the circuit (the generic breaker of proxy/breaker.py) opens: checks stop
+waiting on a dead Redis and go straight to the fallback; after `breaker_cooldown` one request's
+check probes Redis again, and a success closes the circuit. No request ever gets a 5xx because of the limiter's store.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from guardproxy.proxy.breaker import BreakerState, CircuitBreaker
 from guardproxy.ratelimit.gcra import Rate
 from guardproxy.ratelimit.memory import MemoryStore
 
@@ -80,28 +81,31 @@ class FailSoftStore:
         self.breaker_cooldown = breaker_cooldown
         self._on_error = on_error
         self._on_degraded = on_degraded
-        self._failures = 0
-        self._open_until: float | None = None  # None: the circuit is closed
-        self._probing = False
+        # The generic breaker (proxy/breaker.py), one probe at a time when half-open.
+        self._breaker = CircuitBreaker(
+            consecutive_failures=breaker_failures,
+            open_for=breaker_cooldown,
+            half_open_probes=1,
+            clock=clock,
+            on_transition=self._circuit_moved,
+        )
         self.degraded = False
         self.last_error = ""
 
     async def check(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> StoreDecision:
-        if self._open_until is not None and (self._probing or self._clock() < self._open_until):
+        breaker = self._breaker
+        if not breaker.allow():
             return self._fall_back(keys, rates, enforce)
-        probe = self._open_until is not None
-        self._probing = probe
         try:
             # The shared store holds each round trip to its budget, and no check to a bound
             # however redis-py behaves: one timer per batch, not one per request.
             backlogs = await self.shared.check(keys, rates, enforce)
         except Exception as exc:  # whatever Redis (or redis-py) does, requests go on
-            self._failed(exc, probe)
+            self._failed(exc)
             return self._fall_back(keys, rates, enforce)
-        finally:
-            self._probing = False
-        if self._failures or self.degraded or self._open_until is not None:
-            self._succeeded()
+        breaker.record_success()
+        if self.degraded:
+            self._set_degraded(False)
         return StoreDecision("shared", backlogs)
 
     def _fall_back(self, keys: Sequence[str], rates: Sequence[Rate], enforce: Sequence[bool]) -> StoreDecision:
@@ -109,28 +113,24 @@ class FailSoftStore:
             return StoreDecision("local", self.local.check(keys, rates, enforce))
         return StoreDecision(self.fallback, None)
 
-    def _failed(self, exc: BaseException, probe: bool) -> None:
+    def _failed(self, exc: BaseException) -> None:
         kind = error_kind(exc)
         self._on_error(kind)
         self.last_error = f"{kind}: {exc.__class__.__name__}"
-        self._failures += 1
-        if probe or self._failures >= self.breaker_failures:
-            if self._open_until is None or probe:
-                log.warning(
-                    "rate limit store unavailable: circuit open, using the fallback",
-                    error=self.last_error,
-                    fallback=self.fallback,
-                    retry_in=self.breaker_cooldown,
-                )
-            self._open_until = self._clock() + self.breaker_cooldown
+        self._breaker.record_failure()
         self._set_degraded(True)
 
-    def _succeeded(self) -> None:
-        self._failures = 0
-        if self._open_until is not None:
+    def _circuit_moved(self, previous: BreakerState, state: BreakerState) -> None:
+        # One line per change: opening (or a failed probe opening it again), and closing.
+        if state is BreakerState.OPEN:
+            log.warning(
+                "rate limit store unavailable: circuit open, using the fallback",
+                error=self.last_error,
+                fallback=self.fallback,
+                retry_in=self.breaker_cooldown,
+            )
+        elif state is BreakerState.CLOSED:
             log.info("rate limit store reachable again: circuit closed")
-            self._open_until = None
-        self._set_degraded(False)
 
     def _set_degraded(self, degraded: bool) -> None:
         if degraded != self.degraded:
@@ -139,7 +139,7 @@ class FailSoftStore:
 
     @property
     def circuit_open(self) -> bool:
-        return self._open_until is not None
+        return self._breaker.state is not BreakerState.CLOSED
 
     def report(self) -> dict[str, object]:
         """For /readyz: informational, never a reason to be unready (the fallback works)."""

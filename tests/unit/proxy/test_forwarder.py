@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from guardproxy.proxy.errors import (
+    NoEndpointError,
     PoolExhaustedError,
     UpstreamClosedError,
     UpstreamConnectError,
@@ -90,6 +91,8 @@ async def test_response_hop_by_hop_fields_are_removed_and_set_cookie_kept_apart(
         (UpstreamProtocolError("invalid response: bad status"), 502, "upstream-bad-response", None),
         (UpstreamTimeoutError("no progress within the upstream timeout"), 504, "upstream-timeout", None),
         (PoolExhaustedError("no upstream connection became free in time"), 503, "upstream-busy", b"1"),
+        (NoEndpointError("no upstream endpoint is taking requests", 3.2), 503, "upstream-circuit-open", b"4"),
+        (NoEndpointError("no upstream endpoint is taking requests", 0.0), 503, "upstream-circuit-open", b"1"),
     ],
 )
 async def test_each_upstream_failure_is_a_problem_that_leaks_nothing(
