@@ -40,11 +40,13 @@ from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard
 from guardproxy.guards.upstream_redirects import UpstreamRedirectGuard
+from guardproxy.guards.websocket import WebSocketGuard, build_websocket_guard
 from guardproxy.health import Readiness
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricSources, ProxyMetrics
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
+from guardproxy.proxy.upgrade import UpgradeForwarder
 from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.ratelimit.memory import MemoryStore
 from guardproxy.ratelimit.redis_store import RedisStore, connect
@@ -64,10 +66,13 @@ class Runtime:
         self.metric_sources = metrics.sources() if metrics is not None else None
         self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources)
         limits = connection_limits(settings.server)
-        self.chains = [build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store)]
+        proxy_app, upgrades = build_proxy_apps(
+            settings, self.pool, self.metric_sources, self.rate_limit_store, lifecycle=lifecycle
+        )
+        self.chains = [proxy_app]
         if settings.server.redirect_listen is not None:
             self.chains.append(build_redirect_app(settings))
-        self.proxy = Site(self.chains[0], limits)
+        self.proxy = Site(self.chains[0], limits, upgrades)
         self.redirect = Site(self.chains[1], limits) if len(self.chains) > 1 else None
 
     async def start(self) -> None:
@@ -231,7 +236,10 @@ def _ignore(*_: object) -> None:
 
 
 def build_guards(
-    settings: Settings, metrics: MetricSources | None, rate_limit_store: FailSoftStore | None = None
+    settings: Settings,
+    metrics: MetricSources | None,
+    rate_limit_store: FailSoftStore | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives. A
@@ -269,6 +277,9 @@ def build_guards(
         concurrency,
         PathGuard() if settings.paths.refuse_traversal else None,
         BodyLimitGuard(),
+        # Upgrade handshakes only (it is left out of the plain chain, see build_proxy_apps):
+        # malformed, foreign-origin and over-budget handshakes go before anything that costs.
+        build_websocket_guard(settings, metrics, lifecycle or Lifecycle()),
         # IP lists, then authentication: after every cheap refusal (a shed or malformed request
         # never costs a signature check), after CORS (preflights are answered without
         # credentials), and before rate limiting, so a verified identity can key a budget.
@@ -342,6 +353,21 @@ def build_proxy_app(
     metrics: MetricSources | None,
     rate_limit_store: FailSoftStore | None = None,
 ) -> GuardChain:
+    return build_proxy_apps(settings, transport, metrics, rate_limit_store)[0]
+
+
+def build_proxy_apps(
+    settings: Settings,
+    transport: UpstreamTransport,
+    metrics: MetricSources | None,
+    rate_limit_store: FailSoftStore | None = None,
+    *,
+    lifecycle: Lifecycle | None = None,
+) -> tuple[GuardChain, GuardChain | None]:
+    """The chain for plain requests, and the one for upgrade requests (None when no route
+    tunnels them). Both hold the same guards, so a handshake meets every check a request does;
+    only the upgrade chain has the WebSocket guard (plain requests never pay for it), and it
+    leaves out compression, which has nothing to do on a 101."""
     forwarder = Forwarder(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
@@ -349,9 +375,19 @@ def build_proxy_app(
         untrusted_strip=settings.trusted_proxies.untrusted_strip,
         forward_trailers=settings.upstream.forward_trailers,
     )
-    guards = build_guards(settings, metrics, rate_limit_store)
+    guards = build_guards(settings, metrics, rate_limit_store, lifecycle)
     app: ASGIApp = forwarder
     for guard in guards:
         if isinstance(guard, IdempotencyGuard):
             app = guard.wrap_app(forwarder)
-    return GuardChain(app, guards=guards, routes=build_route_table(settings))
+    routes = build_route_table(settings)
+    plain = GuardChain(app, guards=[guard for guard in guards if not isinstance(guard, WebSocketGuard)], routes=routes)
+    websocket = next((guard for guard in guards if isinstance(guard, WebSocketGuard)), None)
+    if websocket is None:
+        return plain, None
+    upgrades = GuardChain(
+        UpgradeForwarder(forwarder, transport, websocket.tunnels),
+        guards=[guard for guard in guards if not isinstance(guard, CompressionGuard)],
+        routes=routes,
+    )
+    return plain, upgrades

@@ -20,6 +20,7 @@ from prometheus_client.core import REGISTRY
 
 from guardproxy.observability.multiprocess import MULTIPROC_DIR_ENV, WorkerProcessMetrics, aggregated_registry
 from guardproxy.observability.tally import DURATION_BUCKETS, RouteTally
+from guardproxy.observability.tunnels import TunnelMetrics
 from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 
 # With several workers, a scrape is answered by one of them: the others' figures are at most
@@ -226,6 +227,7 @@ class ProxyMetrics:
             ["route"],
             registry=registry,
         )
+        self.websocket = TunnelMetrics(registry)
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:

@@ -25,6 +25,8 @@ class UpstreamRequest:
     content_length: int | None
     connect_timeout: float
     read_timeout: float
+    # Connection: upgrade is sent on purpose: a 101 ends the exchange (the response's `switch`).
+    upgrade: bool = False
 
 
 class UpstreamResponse(Protocol):
