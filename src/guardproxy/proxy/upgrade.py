@@ -16,6 +16,8 @@ through with its upgrade kept, and on a matching 101 hands both connections to a
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from guardproxy import problems
@@ -51,12 +53,13 @@ class UpgradeForwarder:
         request, _ = self._forwarder.upstream_request(scope, context, receive)
         request.headers += ((b"connection", b"upgrade"), (b"upgrade", ticket.protocol))
         request.body, request.content_length, request.upgrade = None, None, True
+        started = time.perf_counter()
         try:
             response = await self._transport.send(request)
         except UpstreamError as exc:
             await self._forwarder.answer_failure(scope, send, context, exc)
             return
-        context.status = response.status
+        context.upstream_seconds = time.perf_counter() - started
         try:
             switch = getattr(response, "switch", None)  # a pool's response; None from other transports
             end: TunnelEnd | None = switch() if switch is not None else None

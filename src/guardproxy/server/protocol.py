@@ -260,9 +260,10 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "query_string": query or b"",
             "headers": headers,
         }
-        upgrade = parser.should_upgrade()
-        keep_alive = not upgrade and http_version != "1.0" and parser.should_keep_alive()
-        app = (upgrade and upgrade_app(self, scope, self._site())) or self.app
+        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
+        app = self.app
+        if not keep_alive and parser.should_upgrade():
+            app = upgrade_app(self, scope, self._site()) or app
         assert self.transport is not None
         exchange = Exchange(
             self, self.transport, app, scope, keep_alive=keep_alive, expect_continue=self._expect_continue
