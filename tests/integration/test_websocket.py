@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -415,3 +416,47 @@ def test_an_upstream_that_dies_mid_tunnel_closes_the_client_side(start_proxy) ->
         assert rest == b"\x81\x03bye"
         wait_until(lambda: len(log_events(gp, "tunnel_closed")) == 1)
         assert log_events(gp, "tunnel_closed")[0]["closed_by"] == "upstream"
+
+
+# The handshake meets the same guards as any request.
+
+
+def test_a_handshake_without_credentials_gets_401_and_never_reaches_the_upstream(start_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    digest = hashlib.sha256(b"s3cret-key").hexdigest()
+    config = write_config(
+        tmp_path,
+        "auth:\n  api_keys:\n    env: GP_TEST_KEYS\n  default:\n    mode: required\n    providers: [api_keys]\n",
+    )
+    answer_101 = (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Accept: " + SAMPLE_ACCEPT.encode() + b"\r\n\r\n"
+    )
+    with counting_upstream(answer_101) as upstream:
+        gp = start_proxy(upstream.url, "--config", config, env={"GP_TEST_KEYS": f"tests {digest}"})
+        refused = parse_responses(raw_exchange(gp.port, handshake("/chat", {"Sec-WebSocket-Key": SAMPLE_KEY})))[0]
+        assert refused.status == 401
+        assert not [head for head in upstream.received if b"/chat" in head]
+        sock, head = open_raw(gp.port, handshake("/chat", {"Sec-WebSocket-Key": SAMPLE_KEY, "X-API-Key": "s3cret-key"}))
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 101 ")
+        (seen,) = [head for head in upstream.received if b"/chat" in head]
+        assert b"x-auth-key-name: tests\r\n" in seen.lower()  # as for any request the key let in
+
+
+def test_a_handshake_for_a_foreign_host_is_refused_before_the_upstream(start_proxy) -> None:  # type: ignore[no-untyped-def]
+    with counting_upstream(OK_ANSWER) as upstream:
+        gp = start_proxy(upstream.url, "--allowed-host", "api.example.com")
+        answer = parse_responses(raw_exchange(gp.port, handshake("/chat", {"Host": "evil.example"})))[0]
+        assert answer.status in (400, 421)
+        assert not [head for head in upstream.received if b"/chat" in head]
+
+
+async def test_tunnels_work_with_two_workers(start_proxy, ws_upstream) -> None:  # type: ignore[no-untyped-def]
+    gp = start_proxy(ws_upstream.url, "--workers", "2")
+
+    async def one(index: int) -> None:
+        async with websockets.connect(ws_url(gp, "/echo")) as ws:
+            await ws.send(f"worker test {index}")
+            assert await ws.recv() == f"worker test {index}"
+
+    await asyncio.gather(*(one(index) for index in range(10)))
