@@ -61,20 +61,22 @@ class UpgradeForwarder:
             return
         context.upstream_seconds = time.perf_counter() - started
         try:
-            switch = getattr(response, "switch", None)  # a pool's response; None from other transports
-            end: TunnelEnd | None = switch() if switch is not None else None
-            if end is None:
+            if response.status != 101:
                 await self._relay(response, send, context)
                 return
-            why = vet_switch(response.headers, ticket.protocol, ticket.handshake)
+            switch = getattr(response, "switch", None)  # a pool's response; other transports cannot
+            end: TunnelEnd | None = switch() if switch is not None else None
+            why = vet_switch(response.headers, ticket.protocol, ticket.handshake) if end is not None else "no switch"
             if why is not None:
-                end.transport.close()
+                if end is not None:
+                    end.transport.close()
                 self._tunnels.refused("bad_switch")
                 log.warning("upstream switched protocols wrongly", request_id=context.request_id, reason=why)
                 context.outcome = Outcome.UPSTREAM_ERROR
                 detail = "The upstream service did not accept the upgrade as it was asked."
                 await Answer.problem(scope, problems.UPSTREAM_BAD_RESPONSE, detail).send(send)
                 return
+            assert end is not None
             await self._open(scope, send, context, ticket=ticket, handoff=handoff, response=response, upstream=end)
         finally:
             response.close()
