@@ -157,6 +157,12 @@ async def test_the_handshake_and_the_close_are_logged_and_counted(ws_proxy: Guar
     async with websockets.connect(ws_url(ws_proxy, "/echo")) as ws:
         await ws.send(os.urandom(2000))  # incompressible: permessage-deflate is negotiated
         await ws.recv()
+        async with httpx.AsyncClient() as client:
+            live = (await client.get(f"{ws_proxy.admin_url}/metrics")).text
+        # Counted while the tunnel is still open, not only when it closes.
+        assert "guardproxy_websocket_tunnels_open 1.0" in live
+        sent_so_far = next(line for line in live.splitlines() if 'direction="to_upstream"' in line)
+        assert float(sent_so_far.split()[-1]) > 2000
     wait_until(lambda: len(log_events(ws_proxy, "tunnel_closed")) == 1)
     handshake_line = next(line for line in log_events(ws_proxy, "request") if line["path"] == "/echo")
     closed = log_events(ws_proxy, "tunnel_closed")[0]

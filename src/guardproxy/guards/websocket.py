@@ -153,7 +153,7 @@ def build_websocket_guard(
     families = metrics.families.websocket if metrics is not None else None
     if families is not None:
         families.declare_routes(policies)
-    write_log = log_sink().write if settings.logging.access_log else None
-    return WebSocketGuard(
-        policies=policies, tunnels=Tunnels(metrics=families, write_log=write_log), lifecycle=lifecycle
-    )
+    tunnels = Tunnels(metrics=families, write_log=log_sink().write if settings.logging.access_log else None)
+    if metrics is not None:
+        metrics.flush_hooks.append(tunnels.count_bytes)
+    return WebSocketGuard(policies=policies, tunnels=tunnels, lifecycle=lifecycle)

@@ -67,6 +67,8 @@ class MetricSources:
         self.counts: list[tuple[Counter, PlainCounts]] = []
         self.in_flight: Callable[[], float] = lambda: 0
         self.upstream_up: Callable[[], bool] | None = None
+        # Called at every flush, for figures a source keeps itself (the bytes of open tunnels).
+        self.flush_hooks: list[Callable[[], None]] = []
 
     def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
         """Register a source of request tallies: `take()` hands over what was counted so far."""
@@ -320,6 +322,8 @@ class ProxyMetrics:
         for counter, counts in sources.counts:
             for labels, count in counts.take().items():
                 counter.labels(*labels).inc(count)
+        for hook in sources.flush_hooks:
+            hook()
 
     def _flush_route(self, route: str, tally: RouteTally) -> None:
         for (method, status_class, outcome), count in tally.requests.items():

@@ -1,7 +1,8 @@
 """Metric families of the WebSocket tunnels (proxy/tunnel.py), part of `ProxyMetrics`.
 
 Tunnels open and close rarely next to requests, so these are counted straight into
-prometheus-client when a tunnel opens or closes; no per-chunk work touches them. Every series
+prometheus-client when a tunnel opens or closes; no per-chunk work touches them (the bytes of
+open tunnels are added at every metrics flush, proxy/tunnels.py). Every series
 exists from the start (`declare`), so a dashboard or an alert sees zero, not nothing, while no
 tunnel has opened yet.
 """
@@ -50,7 +51,7 @@ class TunnelMetrics:
         )
         self.bytes = Counter(
             "guardproxy_websocket_bytes_total",
-            "Bytes carried by closed upgrade tunnels, by direction (to_upstream, to_client).",
+            "Bytes carried by upgrade tunnels (open ones up to the last flush), by direction (to_upstream, to_client).",
             ["direction"],
             registry=registry,
         )

@@ -122,7 +122,7 @@ class Tunnel:
         *,
         limits: TunnelLimits,
         describe: dict[str, str],
-        on_close: Callable[[TunnelRecord], None],
+        on_close: Callable[[Tunnel], None],
         connections: set[Any],
     ) -> None:
         self.client = client
@@ -142,6 +142,7 @@ class Tunnel:
         self._started_wall = time.perf_counter()
         self._last_activity = self._started
         self._shutdown_at: float | None = None
+        self._counted = (0, 0)
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -224,20 +225,29 @@ class Tunnel:
             if transport.get_write_buffer_size():
                 # A peer that stopped reading would keep the connection (and its buffer) forever.
                 self._loop.call_later(_FLUSH_GRACE, transport.abort)
+        self._on_close(self)
+
+    def record(self) -> TunnelRecord:
+        """What the tunnel reports once closed."""
         describe = self._describe
-        self._on_close(
-            TunnelRecord(
-                route=describe["route"],
-                request_id=describe["request_id"],
-                client=describe["client"],
-                path=describe["path"],
-                protocol=describe["protocol"],
-                closed_by=closed_by,
-                duration=time.perf_counter() - self._started_wall,
-                bytes_to_upstream=self.bytes_to_upstream,
-                bytes_to_client=self.bytes_to_client,
-            )
+        return TunnelRecord(
+            route=describe["route"],
+            request_id=describe["request_id"],
+            client=describe["client"],
+            path=describe["path"],
+            protocol=describe["protocol"],
+            closed_by=self.closed_by,
+            duration=time.perf_counter() - self._started_wall,
+            bytes_to_upstream=self.bytes_to_upstream,
+            bytes_to_client=self.bytes_to_client,
         )
+
+    def take_bytes(self) -> tuple[int, int]:
+        """Bytes carried each way (to the upstream, to the client) since the last call: what the
+        metrics have not counted yet."""
+        up, down = self.bytes_to_upstream - self._counted[0], self.bytes_to_client - self._counted[1]
+        self._counted = (self.bytes_to_upstream, self.bytes_to_client)
+        return up, down
 
     # internals
 

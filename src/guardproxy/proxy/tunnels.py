@@ -12,7 +12,7 @@ import orjson
 from guardproxy.http1.upgrade import WebSocketHandshake
 from guardproxy.observability.access_log import Clock
 from guardproxy.observability.tunnels import TunnelMetrics
-from guardproxy.proxy.tunnel import TunnelLimits, TunnelRecord
+from guardproxy.proxy.tunnel import Tunnel, TunnelLimits
 
 # Scope key of the ticket: present only on a handshake the guards let through to a tunnel.
 TICKET_KEY = "guardproxy.tunnel"
@@ -43,6 +43,7 @@ class Tunnels:
         self._clock = Clock()
         # Reserved slots by route: tunnels open, and handshakes on their way to becoming one.
         self.by_route: dict[str, int] = {}
+        self.open: set[Tunnel] = set()
 
     def reserve(self, route: str, limit: int) -> bool:
         count = self.by_route.get(route, 0)
@@ -58,19 +59,27 @@ class Tunnels:
         if self._metrics is not None:
             self._metrics.refused.labels(reason).inc()
 
-    def opened(self, route: str) -> None:
+    def opened(self, tunnel: Tunnel, route: str) -> None:
+        self.open.add(tunnel)
         if self._metrics is not None:
             self._metrics.opened.labels(route).inc()
             self._metrics.open.inc()
 
-    def closed(self, record: TunnelRecord) -> None:
+    def count_bytes(self) -> None:
+        """Called at every metrics flush: the bytes of open tunnels so far, so a long tunnel's
+        traffic shows while it lasts, not only once it closes."""
+        for tunnel in self.open:
+            self._count(tunnel)
+
+    def closed(self, tunnel: Tunnel) -> None:
+        self.open.discard(tunnel)
+        record = tunnel.record()
         self.release(record.route)
+        self._count(tunnel)
         metrics = self._metrics
         if metrics is not None:
             metrics.open.dec()
             metrics.closed.labels(record.closed_by).inc()
-            metrics.bytes.labels("to_upstream").inc(record.bytes_to_upstream)
-            metrics.bytes.labels("to_client").inc(record.bytes_to_client)
             metrics.duration.observe(record.duration)
         if self._write_log is not None:
             self._write_log(
@@ -92,3 +101,11 @@ class Tunnels:
                     option=orjson.OPT_APPEND_NEWLINE,
                 )
             )
+
+    def _count(self, tunnel: Tunnel) -> None:
+        to_upstream, to_client = tunnel.take_bytes()
+        if self._metrics is not None:
+            if to_upstream:
+                self._metrics.bytes.labels("to_upstream").inc(to_upstream)
+            if to_client:
+                self._metrics.bytes.labels("to_client").inc(to_client)

@@ -105,7 +105,6 @@ class UpgradeForwarder:
             upstream.transport.close()
             return
         ticket.opened = True
-        self._tunnels.opened(ticket.route)
         tunnel = Tunnel(
             client,
             upstream,
@@ -120,6 +119,7 @@ class UpgradeForwarder:
             on_close=self._tunnels.closed,
             connections=handoff.connections,
         )
+        self._tunnels.opened(tunnel, ticket.route)
         tunnel.start()
 
     async def _relay(self, response: UpstreamResponse, send: Send, context: RequestContext) -> None:

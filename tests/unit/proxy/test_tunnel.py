@@ -37,7 +37,7 @@ class Rig:
                 "path": "/ws",
                 "protocol": "websocket",
             },
-            on_close=self.records.append,
+            on_close=lambda tunnel: self.records.append(tunnel.record()),
             connections=self.connections,
         )
 
@@ -189,3 +189,13 @@ async def test_closing_twice_reports_once(rig: Rig) -> None:
     tunnel.close("client")
     tunnel.shutdown()
     assert [record.closed_by for record in rig.records] == ["shutdown"]
+
+
+async def test_bytes_are_handed_to_the_metrics_once_each(rig: Rig) -> None:
+    tunnel = rig.tunnel()
+    tunnel.start()
+    assert tunnel.take_bytes() == (5, 0)  # the held bytes
+    rig.upstream[1].write(b"abc")
+    assert await rig.client[0].readexactly(3) == b"abc"
+    assert tunnel.take_bytes() == (0, 3)
+    assert tunnel.take_bytes() == (0, 0)
