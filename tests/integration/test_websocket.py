@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tests.support.raw import (
     read_request_head,
     read_until_close,
 )
+from tests.support.tls import write_certificate
 from tests.support.websocket import (
     SAMPLE_ACCEPT,
     SAMPLE_KEY,
@@ -466,3 +468,16 @@ async def test_tunnels_work_with_two_workers(start_proxy, ws_upstream) -> None: 
             assert await ws.recv() == f"worker test {index}"
 
     await asyncio.gather(*(one(index) for index in range(10)))
+
+
+async def test_a_tunnel_through_the_tls_listener(start_proxy, ws_upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ca_file, cert_file, key_file = write_certificate(tmp_path)
+    gp = start_proxy(ws_upstream.url, "--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    context = ssl.create_default_context(cafile=str(ca_file))
+    payload = os.urandom(300_000)
+    async with websockets.connect(f"wss://localhost:{gp.port}/echo", ssl=context, compression=None) as ws:
+        await ws.send("over tls")
+        assert await ws.recv() == "over tls"
+        await ws.send(payload)
+        assert await ws.recv() == payload
+    wait_until(lambda: len(log_events(gp, "tunnel_closed")) == 1)
