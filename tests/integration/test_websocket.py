@@ -11,6 +11,8 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 import websockets
 from websockets.typing import Subprotocol
 
-from tests.support.processes import Guardproxy, UpstreamProcess, wait_until
+from tests.support.processes import SUPPORT_DIR, Guardproxy, UpstreamProcess, free_port, port_open, wait_until
 from tests.support.raw import (
     RawUpstream,
     parse_responses,
@@ -480,4 +482,32 @@ async def test_a_tunnel_through_the_tls_listener(start_proxy, ws_upstream, tmp_p
         assert await ws.recv() == "over tls"
         await ws.send(payload)
         assert await ws.recv() == payload
+    wait_until(lambda: len(log_events(gp, "tunnel_closed")) == 1)
+
+
+@pytest.fixture(scope="module")
+def https_ws_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The WebSocket upstream over TLS, with a certificate from a throwaway CA."""
+    ca_file, cert_file, key_file = write_certificate(tmp_path_factory.mktemp("ws-tls"), "localhost", "127.0.0.1")
+    port = free_port()
+    script = (
+        f"import sys, uvicorn; sys.path.insert(0, {str(SUPPORT_DIR)!r}); from ws_upstream import app; "
+        f"uvicorn.run(app, host='127.0.0.1', port={port}, ws='websockets-sansio', log_level='warning', "
+        f"ssl_certfile={str(cert_file)!r}, ssl_keyfile={str(key_file)!r})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_until(lambda: port_open(port))
+        yield f"https://localhost:{port}", ca_file
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_a_tunnel_to_an_https_upstream(start_proxy, https_ws_upstream) -> None:  # type: ignore[no-untyped-def]
+    url, ca_file = https_ws_upstream
+    gp = start_proxy(url, env={"GUARDPROXY_UPSTREAM__CA_FILE": str(ca_file)})
+    async with websockets.connect(ws_url(gp, "/echo")) as ws:
+        await ws.send("to an https upstream")
+        assert await ws.recv() == "to an https upstream"
     wait_until(lambda: len(log_events(gp, "tunnel_closed")) == 1)
