@@ -343,12 +343,16 @@ def test_a_protocol_the_route_allows_is_tunnelled(start_proxy, tmp_path: Path) -
     config = write_config(tmp_path, "websocket:\n  protocols: [websocket, h2c]\n")
     with raw_upstream(handler) as upstream:
         gp = start_proxy(upstream.url, "--config", config)
-        sock, head = open_raw(gp.port, b"GET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        head = b"GET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        sock, head = open_raw(gp.port, head + b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
         with sock:
             assert head.startswith(b"HTTP/1.1 101 ")
             sock.sendall(b"quiet words")
             assert sock.recv(100) == b"QUIET WORDS"
-        assert b"upgrade: h2c" in upstream.received[0].lower()
+        seen = upstream.received[0].lower()
+        assert b"upgrade: h2c" in seen
+        assert b"http2-settings: aamaaabkaaqcaaaaaaiaaaaa\r\n" in seen
+        assert b"connection: upgrade, http2-settings\r\n" in seen
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,14 @@ class UpgradeForwarder:
             return
         context: RequestContext = scope[CONTEXT_KEY]
         request, _ = self._forwarder.upstream_request(scope, context, receive)
-        request.headers += ((b"connection", b"upgrade"), (b"upgrade", ticket.protocol))
+        if ticket.protocol == b"h2c":
+            # RFC 7540 §3.2.1: the upgrade carries its settings in a field the client names in
+            # Connection, the one hop-by-hop field kept besides Upgrade.
+            request.headers += [field for field in scope["headers"] if field[0] == b"http2-settings"]
+            request.headers.append((b"connection", b"upgrade, http2-settings"))
+        else:
+            request.headers.append((b"connection", b"upgrade"))
+        request.headers.append((b"upgrade", ticket.protocol))
         request.body, request.content_length, request.upgrade = None, None, True
         started = time.perf_counter()
         try:
