@@ -124,10 +124,15 @@ def test_past_the_route_budget_a_handshake_gets_503_with_retry_after(start_proxy
     assert "tunnel_limit" in gp.log_text()
 
 
+@pytest.mark.parametrize(("going_away", "close_code"), [("true", 1001), ("false", 1006)], ids=["1001", "cut"])
 async def test_drain_refuses_handshakes_keeps_open_tunnels_for_the_shutdown_timeout_and_exits_0(  # type: ignore[no-untyped-def]
-    start_proxy, ws_upstream
+    start_proxy, ws_upstream, going_away: str, close_code: int
 ) -> None:
-    env = {"GUARDPROXY_SERVER__DRAIN_DELAY": "1.5", "GUARDPROXY_SERVER__SHUTDOWN_TIMEOUT": "2"}
+    env = {
+        "GUARDPROXY_SERVER__DRAIN_DELAY": "1.5",
+        "GUARDPROXY_SERVER__SHUTDOWN_TIMEOUT": "2",
+        "GUARDPROXY_WEBSOCKET__GOING_AWAY_AT_SHUTDOWN": going_away,
+    }
     gp = start_proxy(ws_upstream.url, env=env)
     async with websockets.connect(ws_url(gp, "/echo"), ping_interval=None) as ws:
         gp.process.send_signal(signal.SIGTERM)
@@ -142,8 +147,8 @@ async def test_drain_refuses_handshakes_keeps_open_tunnels_for_the_shutdown_time
         signalled = time.monotonic()
         with pytest.raises(websockets.ConnectionClosed):
             await receive_until_closed(ws)
-        # Cut by guardproxy (no close frame: it does not parse frames), after the shutdown timeout.
-        assert ws.close_code == 1006
+        # Closed by guardproxy after the shutdown timeout, with 1001 Going Away unless turned off.
+        assert ws.close_code == close_code
         assert time.monotonic() - signalled >= 2.0
     assert await asyncio.to_thread(gp.process.wait, 15) == 0
     assert [record["closed_by"] for record in closed_tunnels(gp)] == ["shutdown"]

@@ -50,6 +50,10 @@ class WebSocketSettings(Section):
     # token listed here (e.g. h2c) is tunnelled as it is. An unlisted token is ignored: the
     # request goes on as a plain one, without Upgrade.
     protocols: list[str] = ["websocket"]
+    # At shutdown, send each side of a WebSocket tunnel a 1001 Going Away close frame before
+    # closing it. guardproxy then follows frame boundaries: free with large frames, about 0.4 µs
+    # per frame with tiny ones (bench/tunnel_throughput.py --frame 125: half the throughput).
+    going_away_at_shutdown: bool = True
 
     _check_origins = field_validator("allowed_origins")(_origins)
     _check_protocols = field_validator("protocols")(_protocols)
@@ -65,6 +69,7 @@ class WebSocketOverride(Section):
     max_lifetime: PositiveFloat | None = None
     max_tunnels: Annotated[int, Field(ge=1)] | None = None
     protocols: list[str] | None = None
+    going_away_at_shutdown: bool | None = None
 
     _check_origins = field_validator("allowed_origins")(_origins)
     _check_protocols = field_validator("protocols")(_protocols)

@@ -69,6 +69,7 @@ class UpgradePolicy:
     allow_missing_origin: bool
     max_tunnels: int
     limits: TunnelLimits
+    going_away: bool = False
 
 
 class WebSocketGuard(Guard):
@@ -97,7 +98,9 @@ class WebSocketGuard(Guard):
         route = context.route.name
         if not self.tunnels.reserve(route, policy.max_tunnels):
             return self._refuse(scope, context, "limit", Outcome.TUNNEL_LIMIT, "Too many connections are open.")
-        scope[TICKET_KEY] = TunnelTicket(route=route, protocol=protocol, handshake=handshake, limits=policy.limits)
+        scope[TICKET_KEY] = TunnelTicket(
+            route=route, protocol=protocol, handshake=handshake, limits=policy.limits, going_away=policy.going_away
+        )
         return None
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
@@ -147,6 +150,7 @@ def build_websocket_guard(
                 max_lifetime=websocket.max_lifetime,
                 shutdown_timeout=settings.server.shutdown_timeout,
             ),
+            going_away=websocket.going_away_at_shutdown,
         )
     if not policies:
         return None

@@ -1,7 +1,8 @@
 """The tunnel behind an upgrade: two transports handed over from HTTP, bytes pumped between them.
 
 guardproxy does not parse WebSocket frames: once the upstream's 101 has gone to the client,
-whatever either side sends is written to the other as it arrives. Both transports get a
+whatever either side sends is written to the other as it arrives. A WebSocket tunnel only follows
+where frames begin and end (http1/frames.py), to send each side a 1001 close frame at shutdown. Both transports get a
 `TunnelEnd` as their protocol (`transport.set_protocol`, as uvicorn does on its server side).
 
 Backpressure runs both ways without a buffer of the tunnel's own: when one side's write buffer
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from guardproxy.http1.flow import HIGH_WATER
+from guardproxy.http1.frames import CLOSE_TO_CLIENT, FrameCursor, close_to_server
 
 # After the tunnel has ended, a side whose peer stopped reading keeps unsent bytes for at most
 # this long before its connection is cut.
@@ -124,6 +126,7 @@ class Tunnel:
         describe: dict[str, str],
         on_close: Callable[[Tunnel], None],
         connections: set[Any],
+        frames: bool = False,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -143,6 +146,9 @@ class Tunnel:
         self._last_activity = self._started
         self._shutdown_at: float | None = None
         self._counted = (0, 0)
+        # WebSocket tunnels follow frame boundaries each way, to say goodbye at shutdown.
+        self._to_upstream = FrameCursor() if frames else None
+        self._to_client = FrameCursor() if frames else None
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -175,9 +181,13 @@ class Tunnel:
         self._last_activity = self._loop.time()
         if source is self.client:
             self.bytes_to_upstream += len(data)
+            if self._to_upstream is not None:
+                self._to_upstream.feed(data)
             self.upstream.transport.write(data)
         else:
             self.bytes_to_client += len(data)
+            if self._to_client is not None:
+                self._to_client.feed(data)
             self.client.transport.write(data)
 
     def end_of_input(self, source: TunnelEnd) -> bool:
@@ -201,8 +211,7 @@ class Tunnel:
 
     def shutdown(self) -> None:
         """The worker is stopping: the tunnel may carry on for the shutdown timeout, then it is
-        closed. guardproxy does not parse frames, so it sends no close frame of its own; the
-        upstream (which is usually stopping too) is the one to say goodbye in-band."""
+        closed, a WebSocket tunnel with a 1001 close frame to each side first (`_going_away`)."""
         if self.closed or self._shutdown_at is not None:
             return
         self._shutdown_at = self._loop.time() + self._limits.shutdown_timeout
@@ -251,6 +260,17 @@ class Tunnel:
 
     # internals
 
+    def _going_away(self) -> None:
+        """A 1001 close frame to each side whose stream is between frames (mid-frame, one would
+        corrupt it), so its endpoint sees the server going away rather than a broken connection.
+        Nothing is relayed after it: the tunnel closes next."""
+        for cursor, end, frame in (
+            (self._to_client, self.client, CLOSE_TO_CLIENT),
+            (self._to_upstream, self.upstream, None),
+        ):
+            if cursor is not None and cursor.at_boundary and not end.transport.is_closing():
+                end.transport.write(frame or close_to_server())
+
     def _side(self, end: TunnelEnd) -> str:
         return "client" if end is self.client else "upstream"
 
@@ -276,6 +296,7 @@ class Tunnel:
             return
         now = self._loop.time()
         if self._shutdown_at is not None and now >= self._shutdown_at:
+            self._going_away()
             self.close("shutdown")
         elif self._limits.max_lifetime is not None and now >= self._started + self._limits.max_lifetime:
             self.close("max_lifetime")

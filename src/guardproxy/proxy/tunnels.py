@@ -28,6 +28,8 @@ class TunnelTicket:
     # The checked WebSocket handshake; None for another protocol.
     handshake: WebSocketHandshake | None
     limits: TunnelLimits
+    # Follow frame boundaries to send 1001 Going Away at shutdown (websocket.going_away_at_shutdown).
+    going_away: bool = False
     opened: bool = False
 
 

@@ -125,6 +125,7 @@ class UpgradeForwarder:
             },
             on_close=self._tunnels.closed,
             connections=handoff.connections,
+            frames=ticket.going_away and ticket.handshake is not None,
         )
         self._tunnels.opened(tunnel, ticket.route)
         tunnel.start()

@@ -54,6 +54,15 @@ def test_a_good_handshake_gets_a_ticket_for_its_route() -> None:
     assert websocket.tunnels.by_route == {"default": 1}
 
 
+def test_tickets_say_whether_to_send_going_away_at_shutdown() -> None:
+    scope = handshake_scope()
+    ask(guard(), scope)
+    assert scope[TICKET_KEY].going_away is True
+    scope = handshake_scope()
+    ask(guard(websocket={"going_away_at_shutdown": False}), scope)
+    assert scope[TICKET_KEY].going_away is False
+
+
 def test_an_unopened_ticket_is_given_back_and_an_opened_one_kept() -> None:
     websocket = guard()
     scope = handshake_scope()

@@ -199,3 +199,51 @@ async def test_bytes_are_handed_to_the_metrics_once_each(rig: Rig) -> None:
     assert await rig.client[0].readexactly(3) == b"abc"
     assert tunnel.take_bytes() == (0, 3)
     assert tunnel.take_bytes() == (0, 0)
+
+
+def websocket_tunnel(rig: Rig) -> Tunnel:
+    return Tunnel(
+        rig.client_end,
+        rig.upstream_end,
+        limits=TunnelLimits(idle_timeout=300.0, max_lifetime=None, shutdown_timeout=0.0),
+        describe={"route": "live", "request_id": "r1", "client": "c", "path": "/ws", "protocol": "websocket"},
+        on_close=lambda tunnel: rig.records.append(tunnel.record()),
+        connections=rig.connections,
+        frames=True,
+    )
+
+
+async def test_at_shutdown_each_side_between_frames_gets_a_going_away_close_frame(rig: Rig) -> None:
+    rig.client_end.take_held()  # this test's client sends whole frames only
+    tunnel = websocket_tunnel(rig)
+    tunnel.start()
+    client_frame = b"\x82\x83abcd" + bytes(byte ^ b"abcd"[index] for index, byte in enumerate(b"hey"))
+    rig.client[1].write(client_frame)
+    assert await rig.upstream[0].readexactly(len(client_frame)) == client_frame
+    rig.upstream[1].write(b"\x81\x02hi")
+    assert await rig.client[0].readexactly(4) == b"\x81\x02hi"
+    tunnel.shutdown()
+    await settle(lambda: tunnel.closed)
+    assert await rig.client[0].read() == b"\x88\x02\x03\xe9"  # unmasked, from the "server"
+    to_upstream = await rig.upstream[0].read()
+    assert to_upstream[:2] == b"\x88\x82"  # masked, as a client's
+    assert bytes(byte ^ to_upstream[2:6][index] for index, byte in enumerate(to_upstream[6:])) == b"\x03\xe9"
+    assert rig.records[0].closed_by == "shutdown"
+
+
+async def test_at_shutdown_a_side_in_the_middle_of_a_frame_gets_no_frame_of_ours(rig: Rig) -> None:
+    tunnel = websocket_tunnel(rig)
+    tunnel.start()
+    assert await rig.upstream[0].readexactly(5) == b"early"  # to the cursor, a frame begun and unfinished
+    tunnel.shutdown()
+    await settle(lambda: tunnel.closed)
+    assert await rig.upstream[0].read() == b""
+    assert await rig.client[0].read() == b"\x88\x02\x03\xe9"
+
+
+async def test_other_protocols_get_no_close_frame(rig: Rig) -> None:
+    tunnel = rig.tunnel(TunnelLimits(idle_timeout=300.0, max_lifetime=None, shutdown_timeout=0.0))
+    tunnel.start()
+    tunnel.shutdown()
+    await settle(lambda: tunnel.closed)
+    assert await rig.client[0].read() == b""
