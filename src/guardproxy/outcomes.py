@@ -54,6 +54,12 @@ class Outcome(StrEnum):
     IDEMPOTENCY_MALFORMED_KEY = "idempotency_malformed_key"  # 400
     IDEMPOTENCY_UNAVAILABLE = "idempotency_unavailable"  # 503: the store is down, fail_mode refuse
 
+    # WebSocket and other upgrade handshakes (guards/websocket.py).
+    BAD_HANDSHAKE = "bad_handshake"  # 400: no or a bad Sec-WebSocket-Key, version not 13, a body
+    ORIGIN_REFUSED = "origin_refused"  # 403: the handshake's Origin is not allowed on the route
+    TUNNEL_LIMIT = "tunnel_limit"  # 503: the route's open tunnels are at websocket.max_tunnels
+    DRAINING = "draining"  # 503: a handshake while the worker drains
+
     # The upstream could not give an answer.
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
@@ -75,6 +81,7 @@ SECURITY_OUTCOMES = frozenset(
         Outcome.FORBIDDEN,
         Outcome.IP_REFUSED,
         Outcome.AUTH_UNAVAILABLE,
+        Outcome.ORIGIN_REFUSED,
     }
 )
 

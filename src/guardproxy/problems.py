@@ -64,6 +64,9 @@ INSUFFICIENT_SCOPE = ProblemType("insufficient-scope", 403, "Forbidden")
 ACCESS_DENIED = ProblemType("access-denied", 403, "Forbidden")
 ADDRESS_REFUSED = ProblemType("address-refused", 403, "Forbidden")
 AUTH_UNAVAILABLE = ProblemType("auth-unavailable", 503, "Service Unavailable")
+# Upgrade handshakes (guards/websocket.py): malformed (RFC 6455 §4.2.1), or from a refused Origin.
+BAD_HANDSHAKE = ProblemType("bad-handshake", 400, "Bad Request")
+ORIGIN_REFUSED = ProblemType("origin-refused", 403, "Forbidden")
 
 
 def render_problem(

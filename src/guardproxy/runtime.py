@@ -17,11 +17,7 @@ from datetime import UTC, datetime
 
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
 from guardproxy.config import (
-    CorsSettings,
-    RouteSettings,
-    ServerSettings,
     Settings,
-    TimeoutOverrides,
 )
 from guardproxy.config.source import config_hash
 from guardproxy.guards.access_log import AccessLogGuard
@@ -31,7 +27,7 @@ from guardproxy.guards.chain import Guard, GuardChain
 from guardproxy.guards.client_ip import ClientAddressGuard
 from guardproxy.guards.compression import CompressionGuard
 from guardproxy.guards.concurrency import ConcurrencyGuard
-from guardproxy.guards.cors import CorsGuard, CorsPolicy
+from guardproxy.guards.cors import CorsGuard
 from guardproxy.guards.deprecation import build_deprecation_guard
 from guardproxy.guards.hosts import HostGuard
 from guardproxy.guards.https_redirect import HttpsRedirectGuard, RedirectEverythingGuard
@@ -43,17 +39,19 @@ from guardproxy.guards.rate_limit import RateLimitGuard
 from guardproxy.guards.request_id import RequestIdGuard
 from guardproxy.guards.security_headers import SecurityHeadersGuard
 from guardproxy.guards.upstream_redirects import UpstreamRedirectGuard
+from guardproxy.guards.websocket import WebSocketGuard, build_websocket_guard
 from guardproxy.health import Readiness
 from guardproxy.observability.logging import log_sink
 from guardproxy.observability.metrics import MetricSources, ProxyMetrics
+from guardproxy.policies import build_route_table, connection_limits, cors_policies
 from guardproxy.proxy.forwarder import Forwarder
 from guardproxy.proxy.transport import UpstreamTransport
+from guardproxy.proxy.upgrade import UpgradeForwarder
 from guardproxy.ratelimit.failsoft import FailSoftStore
 from guardproxy.ratelimit.memory import MemoryStore
 from guardproxy.ratelimit.redis_store import RedisStore, connect
 from guardproxy.ratelimit.rules import compile_rules
-from guardproxy.routes import DEFAULT_ROUTE_NAME, Route, RoutePolicy, RouteTable, compile_path_pattern
-from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
+from guardproxy.server.limits import Lifecycle, Site
 from guardproxy.upstream import build_observed_transport, start_transport, upstream_endpoints, upstream_origin
 
 
@@ -81,12 +79,13 @@ class Runtime:
         )
         self.rate_limit_store = build_shared_rate_limit_store(settings, self.metric_sources, self.rate_limit_memory)
         limits = connection_limits(settings.server)
-        self.chains = [
-            build_proxy_app(settings, self.pool, self.metric_sources, self.rate_limit_store, self.rate_limit_memory)
-        ]
+        proxy_app, upgrades = build_proxy_apps(
+            settings, self.pool, self.metric_sources, self.rate_limit_store, self.rate_limit_memory, lifecycle=lifecycle
+        )
+        self.chains = [proxy_app]
         if settings.server.redirect_listen is not None:
             self.chains.append(build_redirect_app(settings))
-        self.proxy = Site(self.chains[0], limits)
+        self.proxy = Site(self.chains[0], limits, upgrades)
         self.redirect = Site(self.chains[1], limits) if len(self.chains) > 1 else None
 
     async def start(self) -> None:
@@ -139,66 +138,6 @@ class CurrentRuntime:
         """Serve new requests from `runtime`; returns the one it replaces, for the caller to close."""
         previous, self.runtime = self.runtime, runtime
         return previous
-
-
-def connection_limits(settings: ServerSettings) -> ConnectionLimits:
-    return ConnectionLimits(
-        head_timeout=settings.request_head_timeout,
-        keep_alive_timeout=settings.keep_alive_timeout,
-        body_timeout=settings.request_body_timeout,
-        max_head_bytes=settings.max_request_head_bytes,
-        max_header_fields=settings.max_header_fields,
-        max_uri_bytes=settings.max_uri_bytes,
-    )
-
-
-def build_route_table(settings: Settings) -> RouteTable:
-    upstream = settings.upstream
-
-    def policy(route: RouteSettings | None) -> RoutePolicy:
-        """A route's settings merged with the global ones once, here; None is the default route."""
-        timeouts = route.upstream if route is not None else TimeoutOverrides()
-        body_limit = route.body_limit.max_bytes if route is not None else None
-        return RoutePolicy(
-            name=route.name if route is not None else DEFAULT_ROUTE_NAME,
-            connect_timeout=timeouts.connect_timeout or upstream.connect_timeout,
-            read_timeout=timeouts.read_timeout or upstream.read_timeout,
-            total_timeout=timeouts.total_timeout or upstream.total_timeout,
-            max_body_bytes=body_limit if body_limit is not None else settings.body_limit.max_bytes,
-        )
-
-    routes = [
-        Route(
-            pattern=compile_path_pattern(route.path),
-            methods=frozenset(route.methods) if route.methods else None,
-            policy=policy(route),
-        )
-        for route in settings.routes
-    ]
-    return RouteTable(routes, default=policy(None))
-
-
-def cors_policies(settings: Settings) -> dict[str, CorsPolicy]:
-    """Each route's CORS policy, by route name; a route without one leaves CORS to the upstream."""
-    routes: list[RouteSettings | None] = [*settings.routes, None]
-    policies = {
-        route.name if route is not None else DEFAULT_ROUTE_NAME: cors_policy(settings.effective_cors(route))
-        for route in routes
-    }
-    return {name: policy for name, policy in policies.items() if policy is not None}
-
-
-def cors_policy(settings: CorsSettings) -> CorsPolicy | None:
-    if not settings.origins:
-        return None
-    return CorsPolicy(
-        origins=settings.origins,
-        methods=settings.methods,
-        allow_headers=settings.allow_headers,
-        expose_headers=settings.expose_headers,
-        allow_credentials=settings.allow_credentials,
-        max_age=settings.max_age,
-    )
 
 
 def build_shared_rate_limit_store(
@@ -258,6 +197,7 @@ def build_guards(
     metrics: MetricSources | None,
     rate_limit_store: FailSoftStore | None = None,
     rate_limit_memory: MemoryStore | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> list[Guard]:
     """The guard order. Requests meet the guards top to bottom; response heads meet them bottom
     to top, so a guard listed earlier has the last word on the headers a client receives. A
@@ -295,6 +235,9 @@ def build_guards(
         concurrency,
         PathGuard() if settings.paths.refuse_traversal else None,
         BodyLimitGuard(),
+        # Upgrade handshakes only (it is left out of the plain chain, see build_proxy_apps):
+        # malformed, foreign-origin and over-budget handshakes go before anything that costs.
+        build_websocket_guard(settings, metrics, lifecycle or Lifecycle()),
         # IP lists, then authentication: after every cheap refusal (a shed or malformed request
         # never costs a signature check), after CORS (preflights are answered without
         # credentials), and before rate limiting, so a verified identity can key a budget.
@@ -369,6 +312,22 @@ def build_proxy_app(
     rate_limit_store: FailSoftStore | None = None,
     rate_limit_memory: MemoryStore | None = None,
 ) -> GuardChain:
+    return build_proxy_apps(settings, transport, metrics, rate_limit_store, rate_limit_memory)[0]
+
+
+def build_proxy_apps(
+    settings: Settings,
+    transport: UpstreamTransport,
+    metrics: MetricSources | None,
+    rate_limit_store: FailSoftStore | None = None,
+    rate_limit_memory: MemoryStore | None = None,
+    *,
+    lifecycle: Lifecycle | None = None,
+) -> tuple[GuardChain, GuardChain | None]:
+    """The chain for plain requests, and the one for upgrade requests (None when no route
+    tunnels them). Both hold the same guards, so a handshake meets every check a request does;
+    only the upgrade chain has the WebSocket guard (plain requests never pay for it), and it
+    leaves out compression, which has nothing to do on a 101."""
     forwarder = Forwarder(
         transport,
         upstream_authority=upstream_origin(settings.upstream).authority,
@@ -376,9 +335,19 @@ def build_proxy_app(
         untrusted_strip=settings.trusted_proxies.untrusted_strip,
         forward_trailers=settings.upstream.forward_trailers,
     )
-    guards = build_guards(settings, metrics, rate_limit_store, rate_limit_memory)
+    guards = build_guards(settings, metrics, rate_limit_store, rate_limit_memory, lifecycle)
     app: ASGIApp = forwarder
     for guard in guards:
         if isinstance(guard, IdempotencyGuard):
             app = guard.wrap_app(forwarder)
-    return GuardChain(app, guards=guards, routes=build_route_table(settings))
+    routes = build_route_table(settings)
+    plain = GuardChain(app, guards=[guard for guard in guards if not isinstance(guard, WebSocketGuard)], routes=routes)
+    websocket = next((guard for guard in guards if isinstance(guard, WebSocketGuard)), None)
+    if websocket is None:
+        return plain, None
+    upgrades = GuardChain(
+        UpgradeForwarder(forwarder, transport, websocket.tunnels),
+        guards=[guard for guard in guards if not isinstance(guard, CompressionGuard)],
+        routes=routes,
+    )
+    return plain, upgrades

@@ -15,7 +15,8 @@ from tests.deploy.manifests import ALERTS
 DOCS = REPO / "docs"
 GUIDES = [DOCS / "deployment.md", DOCS / "runbook.md"]
 RUNBOOK = DOCS / "runbook.md"
-METRICS_SOURCE = REPO / "src" / "guardproxy" / "observability" / "metrics.py"
+# The metric families: metrics.py and the family modules it builds (families.py, tunnels.py).
+METRICS_SOURCES = sorted((REPO / "src" / "guardproxy" / "observability").glob("*.py"))
 RULES = REPO / "helm" / "guardproxy" / "files" / "prometheus-rules.yaml"
 HISTOGRAM_SERIES = re.compile(r"_(bucket|count|sum)$")
 
@@ -68,7 +69,7 @@ def metric_names(text: str) -> set[str]:
 
 
 def defined_metrics() -> set[str]:
-    return set(re.findall(r'"(guardproxy_[a-z_]+)"', METRICS_SOURCE.read_text()))
+    return {name for path in METRICS_SOURCES for name in re.findall(r'"(guardproxy_[a-z_]+)"', path.read_text())}
 
 
 def test_runbook_names_only_metrics_that_exist() -> None:

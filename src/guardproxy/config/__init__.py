@@ -59,6 +59,7 @@ from guardproxy.config.server import (
     TimeoutOverrides,
     UpstreamSettings,
 )
+from guardproxy.config.websocket import WebSocketOverride, WebSocketSettings
 from guardproxy.routes import DEFAULT_ROUTE_NAME
 
 # The YAML file's contents for the load in progress (see `load_settings`).
@@ -92,6 +93,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     routes: list[RouteSettings] = []
 
     @field_validator("routes")
@@ -110,6 +112,13 @@ class Settings(BaseSettings):
             return self.cors
         overrides = {name: value for name, value in route.cors.model_dump().items() if value is not None}
         return self.cors.model_copy(update=overrides)
+
+    def effective_websocket(self, route: RouteSettings | None) -> WebSocketSettings:
+        """The global WebSocket settings with a route's overrides applied."""
+        if route is None:
+            return self.websocket
+        overrides = {name: value for name, value in route.websocket.model_dump().items() if value is not None}
+        return self.websocket.model_copy(update=overrides)
 
     @model_validator(mode="after")
     def _route_cors(self) -> Settings:
@@ -280,6 +289,8 @@ __all__ = [
     "TimeoutOverrides",
     "TrustedProxySettings",
     "UpstreamSettings",
+    "WebSocketOverride",
+    "WebSocketSettings",
     "load_settings",
     "read_config_file",
 ]

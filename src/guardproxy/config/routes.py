@@ -16,6 +16,7 @@ from guardproxy.config.guards import (
 )
 from guardproxy.config.idempotency import IdempotencyRoute
 from guardproxy.config.server import TimeoutOverrides
+from guardproxy.config.websocket import WebSocketOverride
 
 
 class RouteSettings(Section):
@@ -43,6 +44,8 @@ class RouteSettings(Section):
     link: LinkTarget | None = None
     sunset_link: LinkTarget | None = None
     gone_after_sunset: bool = False
+    # WebSocket tunnels on this route; unset fields inherit the `websocket` section.
+    websocket: WebSocketOverride = WebSocketOverride()
 
     @model_validator(mode="after")
     def _lifecycle(self) -> RouteSettings:

@@ -18,8 +18,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import REGISTRY
 
+from guardproxy.observability.families import ReloadFamilies, UpstreamFamilies
 from guardproxy.observability.multiprocess import MULTIPROC_DIR_ENV, WorkerProcessMetrics, aggregated_registry
 from guardproxy.observability.tally import DURATION_BUCKETS, RouteTally
+from guardproxy.observability.tunnels import TunnelMetrics
 from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 
 # With several workers, a scrape is answered by one of them: the others' figures are at most
@@ -27,8 +29,6 @@ from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 FLUSH_INTERVAL = 1.0
 RATELIMIT_DECISIONS = ("allowed", "limited", "dry_run_limited")
 RATELIMIT_STORE_ERROR_KINDS = ("timeout", "connection", "script", "other")
-# applied: all of it; partial: all but restart-only settings; failed: nothing (invalid config).
-CONFIG_RELOAD_RESULTS = ("applied", "partial", "failed")
 IDEMPOTENCY_STORE_ERROR_KINDS = ("timeout", "connection", "script", "corrupt", "other")
 _UPSTREAM_FAILURES: dict[str, str] = {
     Outcome.UPSTREAM_ERROR: "unavailable",
@@ -69,8 +69,9 @@ class MetricSources:
         self.counts: list[tuple[Counter, PlainCounts]] = []
         self.in_flight: Callable[[], float] = lambda: 0
         self.upstream_up: Callable[[], bool] | None = None
-        # Called at every flush: they set gauges from the runtime's objects.
-        self.watchers: list[Callable[[], None]] = []
+        # Called at every flush: gauges set from the runtime's objects, figures a source keeps
+        # itself (endpoint states, the bytes of open tunnels).
+        self.flush_hooks: list[Callable[[], None]] = []
 
     def add_tally(self, take: Callable[[], dict[str, RouteTally]]) -> None:
         """Register a source of request tallies: `take()` hands over what was counted so far."""
@@ -90,7 +91,7 @@ class MetricSources:
         self.upstream_up = up
 
     def watch(self, update: Callable[[], None]) -> None:
-        self.watchers.append(update)
+        self.flush_hooks.append(update)
 
     def ratelimit_fallback(self, active: bool) -> None:
         self.families.ratelimit_fallback_active.set(int(active))
@@ -173,20 +174,7 @@ class ProxyMetrics:
             "Log lines dropped because the log consumer fell behind.",
             registry=registry,
         )
-        self.config_reloads = Counter(
-            "guardproxy_config_reloads_total",
-            "Configuration reloads (SIGHUP), by result.",
-            ["result"],
-            registry=registry,
-        )
-        # 0 while a worker's last reload failed: it serves an older configuration than its file says.
-        self.config_last_reload_successful = Gauge(
-            "guardproxy_config_last_reload_successful",
-            "1 if the last configuration reload succeeded (or none was tried), 0 if it failed.",
-            registry=registry,
-            multiprocess_mode="livemin",
-        )
-        self.config_last_reload_successful.set(1)
+        self.config = ReloadFamilies(registry)
         # Rate limiting: the limiter counts its own decisions into these.
         self.ratelimit_decisions = Counter(
             "guardproxy_ratelimit_decisions_total",
@@ -249,25 +237,8 @@ class ProxyMetrics:
             registry=registry,
         )
         # Upstream resilience (proxy/resilient.py): observability/upstream.py counts into these.
-        self.upstream_attempts = Counter(
-            "guardproxy_upstream_attempts_total",
-            "Attempts by endpoint and outcome.",
-            ["endpoint", "outcome"],
-            registry=registry,
-        )
-        self.upstream_retries = Counter(
-            "guardproxy_upstream_retries_total", "Retries by the failure's kind.", ["reason"], registry=registry
-        )
-        self.upstream_retry_budget_exhausted = Counter(
-            "guardproxy_upstream_retry_budget_exhausted_total", "Safe retries the budget refused.", registry=registry
-        )
-        self.upstream_endpoint_state = Gauge(
-            "guardproxy_upstream_endpoint_state",
-            "1 for each endpoint's state.",
-            ["endpoint", "state"],
-            registry=registry,
-            multiprocess_mode="livemax",
-        )
+        self.upstream = UpstreamFamilies(registry)
+        self.websocket = TunnelMetrics(registry)
         # Known label values start at zero, so their series exist before the first event and
         # increase() over a window that contains the first one is not blind to it.
         for outcome in PROTOCOL_OUTCOMES:
@@ -276,8 +247,6 @@ class ProxyMetrics:
             self.ratelimit_store_errors.labels(kind)
         for kind in IDEMPOTENCY_STORE_ERROR_KINDS:
             self.idempotency_store_errors.labels(kind)
-        for result in CONFIG_RELOAD_RESULTS:
-            self.config_reloads.labels(result)
         self.workers.set(1)
         self._process = WorkerProcessMetrics(registry) if self.multiprocess else None
         self._exposition = aggregated_registry(multiprocess_dir, registry) if multiprocess_dir else registry
@@ -362,8 +331,8 @@ class ProxyMetrics:
         for counter, counts in sources.counts:
             for labels, count in counts.take().items():
                 counter.labels(*labels).inc(count)
-        for update in sources.watchers:
-            update()
+        for hook in sources.flush_hooks:
+            hook()
 
     def _flush_route(self, route: str, tally: RouteTally) -> None:
         for (method, status_class, outcome), count in tally.requests.items():

@@ -21,13 +21,13 @@ ENDPOINT_STATES = ("healthy", "unhealthy", "held", "open", "half_open")
 class UpstreamMetrics(AttemptObserver):
     def __init__(self, sources: MetricSources) -> None:
         self._families = families = sources.families
-        self._attempts = sources.counted(families.upstream_attempts)
-        self._retries = sources.counted(families.upstream_retries)
+        self._attempts = sources.counted(families.upstream.attempts)
+        self._retries = sources.counted(families.upstream.retries)
         self._exhausted = 0
         self._endpoints: Callable[[], Sequence[Endpoint]] = tuple
         # Series that exist from the start, so a rate() sees the first retry.
         for reason in RETRY_REASONS:
-            families.upstream_retries.labels(reason)
+            families.upstream.retries.labels(reason)
         sources.watch(self._flush)
 
     def attempt(self, endpoint: str, outcome: str) -> None:
@@ -44,18 +44,18 @@ class UpstreamMetrics(AttemptObserver):
         every flush."""
         self._endpoints = endpoints
         for endpoint in endpoints():
-            self._families.upstream_attempts.labels(endpoint.name, "ok")
+            self._families.upstream.attempts.labels(endpoint.name, "ok")
 
     def _flush(self) -> None:
         families = self._families
         if self._exhausted:
-            families.upstream_retry_budget_exhausted.inc(self._exhausted)
+            families.upstream.retry_budget_exhausted.inc(self._exhausted)
             self._exhausted = 0
         now = time.monotonic()
         for endpoint in self._endpoints():
             if endpoint.ok_attempts:
-                families.upstream_attempts.labels(endpoint.name, "ok").inc(endpoint.ok_attempts)
+                families.upstream.attempts.labels(endpoint.name, "ok").inc(endpoint.ok_attempts)
                 endpoint.ok_attempts = 0
             current = endpoint.state(now)
             for state in ENDPOINT_STATES:
-                families.upstream_endpoint_state.labels(endpoint.name, state).set(1 if state == current else 0)
+                families.upstream.endpoint_state.labels(endpoint.name, state).set(1 if state == current else 0)

@@ -38,6 +38,7 @@ from guardproxy.proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from guardproxy.proxy.tunnel import TunnelEnd
 
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 # Generous: real response heads are a few hundred bytes; these only stop an upstream from making
@@ -93,6 +94,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._quiet = 0
         self._idle_timeout = 0.0
         self._last_activity = 0.0
+        self._switching = False
+        # After a 101 it asked for: the connection as the tunnel's upstream end.
+        self.switched: TunnelEnd | None = None
 
     # asyncio.Protocol
 
@@ -110,8 +114,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)  # type: ignore[union-attr]
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamProtocolError("unexpected protocol upgrade"))
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._status == 101:  # the switch this exchange asked for (expect_switch)
+                self._switch(data[upgrade.args[0] :])
+            else:
+                self._fail(UpstreamProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid response: {exc}"))
         if not self._status:
@@ -165,6 +172,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(f"status {status} is outside 100-599"))
             raise _Stop
         if status < 200:
+            if status == 101 and self._switching:
+                # The upgrade asked for: a final head; what follows it is the new protocol.
+                self._status = status
+                self._head_fields, self._headers = self._headers, []
+                self._complete = True
+                self._head.set_result(None)
+                return
             # An interim response (100 Continue, 103 Early Hints): dropped, on purpose, and the
             # final one awaited. guardproxy answers 100-continue itself; 103 would reach the
             # client before the security, CORS and header-removal hooks could judge its fields
@@ -228,6 +242,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon_request(self) -> None:
         """The request was not sent in full: this connection must not carry another one."""
+        self._request_sent = False
+
+    def expect_switch(self) -> None:
+        """The request asks to upgrade: a 101 ends its exchange and the connection becomes a
+        tunnel end (`switched`). Whatever the answer, the connection is not reused."""
+        self._switching = True
         self._request_sent = False
 
     @property
@@ -324,6 +344,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
 
     # internals
+
+    def _switch(self, rest: bytes) -> None:
+        transport, self._transport = self._transport, None
+        assert transport is not None
+        self.closed = True  # as an HTTP connection
+        self.switched = TunnelEnd(transport, rest)
+        transport.set_protocol(self.switched)
 
     def _finish(self) -> None:
         self._complete = True

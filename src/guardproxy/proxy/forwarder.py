@@ -95,10 +95,10 @@ class Forwarder:
             if context.status:
                 context.outcome = Outcome.UPSTREAM_TIMEOUT
                 raise ResponseAbortedError from None
-            await self._answer_failure(scope, send, context, UpstreamTimeoutError("total timeout"))
+            await self.answer_failure(scope, send, context, UpstreamTimeoutError("total timeout"))
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
-        request, takes_trailers = self._upstream_request(scope, context, receive)
+        request, takes_trailers = self.upstream_request(scope, context, receive)
         started = time.perf_counter()
         try:
             response = await self._transport.send(request)
@@ -107,7 +107,7 @@ class Forwarder:
             return
         except UpstreamError as exc:
             context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
-            await self._answer_failure(scope, send, context, exc)
+            await self.answer_failure(scope, send, context, exc)
             return
         context.upstream_seconds = time.perf_counter() - started
         context.upstream_attempts, context.upstream_endpoint = request.attempts, request.endpoint
@@ -154,7 +154,7 @@ class Forwarder:
         finally:
             response.close()
 
-    def _upstream_request(  # noqa: PLR0912, PLR0915 - one pass on the hot path, kept in one piece
+    def upstream_request(  # noqa: PLR0912, PLR0915 - one pass on the hot path, kept in one piece
         self, scope: Scope, context: RequestContext, receive: Receive
     ) -> tuple[UpstreamRequest, bool]:
         """The request for the upstream, and whether the client takes trailers."""
@@ -233,7 +233,7 @@ class Forwarder:
         )
         return request, takes_trailers
 
-    async def _answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
+    async def answer_failure(self, scope: Scope, send: Send, context: RequestContext, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamTimeoutError):
             context.outcome = Outcome.UPSTREAM_TIMEOUT
             problem, detail = problems.UPSTREAM_TIMEOUT, "The upstream service did not answer in time."

@@ -30,6 +30,7 @@ from guardproxy.proxy.errors import (
     UpstreamTimeoutError,
 )
 from guardproxy.proxy.transport import UpstreamRequest
+from guardproxy.proxy.tunnel import TunnelEnd
 
 # How often stalled exchanges and expired idle connections are looked for: the precision of the
 # upstream timeouts.
@@ -71,6 +72,11 @@ class PooledResponse:
     @property
     def trailers(self) -> Headers:
         return self._connection.trailers if self._connection is not None else []
+
+    def switch(self) -> TunnelEnd | None:
+        """After a 101 the request asked for: the connection as a tunnel end; `close` then only
+        takes it out of the pool's count."""
+        return self._connection.switched if self._connection is not None else None
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -114,6 +120,8 @@ class ConnectionPool:
             reused = connection.exchanges > 0
             try:
                 connection.begin(head_only=request.method == b"HEAD", idle_timeout=request.read_timeout)
+                if request.upgrade:
+                    connection.expect_switch()
                 connection.write(_request_head(request))
                 if request.body is not None:
                     await _stream_body(connection, request)

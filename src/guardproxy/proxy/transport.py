@@ -30,6 +30,8 @@ class UpstreamRequest:
     # Written by the transport: attempts made, and the endpoint that took the last one.
     attempts: int = 1
     endpoint: str = ""
+    # Connection: upgrade is sent on purpose: a 101 ends the exchange (the response's `switch`).
+    upgrade: bool = False
 
 
 class UpstreamResponse(Protocol):

@@ -310,7 +310,7 @@ class Exchange:
         elif framing is CLOSE_DELIMITED:
             # An HTTP/1.0 client learns where the body ends from the connection closing.
             self.keep_alive = False
-        if not self.keep_alive:
+        if not self.keep_alive and status != 101:  # a 101 carries Connection: upgrade instead
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         # Held for one loop turn: it leaves together with the first body chunk if that comes

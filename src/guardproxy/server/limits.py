@@ -51,3 +51,5 @@ class Site:
 
     app: Handler
     limits: ConnectionLimits
+    # The application for upgrade requests (WebSocket handshakes); None: served as plain ones.
+    upgrades: Handler | None = None

@@ -40,8 +40,9 @@ from guardproxy.http1.flow import HIGH_WATER, FlowControl
 from guardproxy.http1.targets import VALID_HOSTS, valid_host, vet_target
 from guardproxy.outcomes import Outcome
 from guardproxy.server.exchange import Exchange
+from guardproxy.server.handoff import hold_after_upgrade, upgrade_app
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
-from guardproxy.server.refusals import parser_detail, refused_scope
+from guardproxy.server.refusals import coding_refusal, parser_detail, refused_scope
 
 log = structlog.get_logger(component="guardproxy.server")
 
@@ -145,12 +146,12 @@ class ProxyHttpProtocol(asyncio.Protocol):
         head_was_incomplete = self.phase is HEAD_DUE
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The upgrade hand-off point. Upgrades are not tunnelled yet: the request is served
-            # as a plain one (Upgrade is hop-by-hop) and the connection closes after it, since
-            # llhttp stops parsing here. A tunnel takes over the transport here once the
-            # upstream has answered 101 (transport.set_protocol, as uvicorn does).
-            pass
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp stops at an upgrade request's head: nothing more is parsed as HTTP here.
+            # What followed it waits for a tunnel (server/handoff.py), reading stops meanwhile.
+            self.phase = REFUSED
+            self.flow.pause_reading()
+            hold_after_upgrade(self._parsing.scope if self._parsing else None, data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             if not self.refused:  # a callback may have refused already, and stopped the parser
                 self._refuse(problems.BAD_REQUEST, parser_detail(exc), Outcome.MALFORMED)
@@ -215,17 +216,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
                 host = value
                 hosts += 1
             elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                codings = [coding.strip() for coding in value.lower().split(b",")]
-                if codings[-1] == b"chunked":
-                    # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does
-                    # not decode; §6.1 says 501.
-                    self._refuse(
-                        problems.NOT_IMPLEMENTED,
-                        "Only the 'chunked' transfer coding is supported.",
-                        Outcome.UNSUPPORTED_CODING,
-                    )
-                else:
-                    self._refuse(problems.BAD_REQUEST, "Invalid Transfer-Encoding.", Outcome.MALFORMED)
+                refusal = coding_refusal(value)
+                self._refuse(refusal.problem, refusal.detail, refusal.outcome)
                 raise _RequestRefused
         parser = self.parser
         http_version = parser.get_http_version()
@@ -269,9 +261,12 @@ class ProxyHttpProtocol(asyncio.Protocol):
             "headers": headers,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
+        app = self.app
+        if not keep_alive and parser.should_upgrade():
+            app = upgrade_app(self, scope, self._site()) or app
         assert self.transport is not None
         exchange = Exchange(
-            self, self.transport, self.app, scope, keep_alive=keep_alive, expect_continue=self._expect_continue
+            self, self.transport, app, scope, keep_alive=keep_alive, expect_continue=self._expect_continue
         )
         self._parsing = exchange
         self._queue(exchange)
@@ -294,6 +289,12 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self.transport.close()
         for exchange in self._exchanges:
             exchange.keep_alive = False
+
+    def release_transport(self) -> tuple[asyncio.Transport, bool]:
+        """A tunnel takes the connection over (server/handoff.py); the timer finds no transport."""
+        transport, self.transport = self.transport, None
+        self.connections.discard(self)
+        return cast(asyncio.Transport, transport), self.flow.write_paused
 
     # used by Exchange
 
@@ -378,9 +379,8 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def _refuse(self, problem: problems.ProblemType, detail: str, outcome: Outcome) -> None:
         """Refuse what the parser is reading and stop reading this connection. The answer goes
-        through the application (`Handler.answer_refusal`), so it is a problem with a request
-        ID and the security headers, logged and counted like any other; the connection closes
-        after it, because its framing can no longer be trusted."""
+        through the application (`Handler.answer_refusal`) like any other; the connection
+        closes after it, because its framing can no longer be trusted."""
         self.phase = REFUSED
         if self.transport is None or self.transport.is_closing():
             return

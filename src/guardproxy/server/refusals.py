@@ -8,7 +8,22 @@ from typing import Any
 
 import httptools
 
+from guardproxy import problems
+from guardproxy.answer import RefusedError
+from guardproxy.outcomes import Outcome
 from guardproxy.server.limits import ConnectionLimits
+
+
+def coding_refusal(value: bytes) -> RefusedError:
+    """The answer to a Transfer-Encoding other than exactly `chunked`."""
+    codings = [coding.strip() for coding in value.lower().split(b",")]
+    if codings[-1] == b"chunked":
+        # Valid HTTP (RFC 9112 §6.1) but a coding under chunked that guardproxy does not
+        # decode; §6.1 says 501.
+        return RefusedError(
+            problems.NOT_IMPLEMENTED, "Only the 'chunked' transfer coding is supported.", Outcome.UNSUPPORTED_CODING
+        )
+    return RefusedError(problems.BAD_REQUEST, "Invalid Transfer-Encoding.", Outcome.MALFORMED)
 
 
 def parser_detail(exc: httptools.HttpParserError) -> str:

@@ -168,8 +168,8 @@ class Reloader:
 
     def _count(self, result: str) -> str:
         if self._metrics is not None:
-            self._metrics.config_reloads.labels(result).inc()
-            self._metrics.config_last_reload_successful.set(0 if result == "failed" else 1)
+            self._metrics.config.reloads.labels(result).inc()
+            self._metrics.config.last_reload_successful.set(0 if result == "failed" else 1)
         return result
 
 

@@ -86,7 +86,7 @@ class Proxy:
         return (await call(self.current.proxy_site().app, make_scope(**scope))).status  # type: ignore[arg-type]
 
     def reloads(self, result: str) -> float:
-        return self.metrics.config_reloads.labels(result)._value.get()  # type: ignore[no-any-return]
+        return self.metrics.config.reloads.labels(result)._value.get()  # type: ignore[no-any-return]
 
 
 @pytest.fixture
