@@ -10,12 +10,12 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from guardproxy.outcomes import Outcome
 
-if TYPE_CHECKING:
-    from guardproxy.routes import RoutePolicy
+# A real import, not one under TYPE_CHECKING: the compiled build's dataclass needs the class at
+# import time (setup.py).
+from guardproxy.routes import RoutePolicy
 
 CONTEXT_KEY = "guardproxy.context"
 

@@ -1,0 +1,146 @@
+"""Builds guardproxy: the hot path compiled to C with mypyc when it can be, pure Python otherwise.
+
+Everything else about the package is in pyproject.toml; this file only decides the extension
+modules. COMPILED_MODULES is the one list of compiled modules (docs/architecture.md, "Compiled
+build", says what code in them must respect).
+
+- `GUARDPROXY_PURE_PYTHON=1` builds the pure-Python package, and so does an editable install
+  (compiled modules next to their sources would shadow every edit).
+- Without a C compiler or the Python headers the build falls back to pure Python and says so.
+- mypy (mypyc) is pinned in [build-system].requires; mypy type-checks the compiled modules with
+  `--no-site-packages`, so the installed libraries do not change what is compiled: their types
+  are Any to mypyc, which only costs a little speed where guardproxy calls them.
+- Each build writes its C sources and objects into a fresh temporary directory, removed at the
+  end: a stale `build/` can never ship a stale `.so`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import shutil
+import sys
+import sysconfig
+import tempfile
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+# Relative to src/. The modules every request runs through (defaults on), and the types they
+# use. Not here: modules with async generators (mypyc cannot compile them), start-up and
+# configuration code (runs once), and the audit tool.
+COMPILED_MODULES = [
+    "guardproxy/answer.py",
+    "guardproxy/asgi.py",
+    "guardproxy/context.py",
+    "guardproxy/outcomes.py",
+    "guardproxy/problems.py",
+    "guardproxy/routes.py",
+    "guardproxy/http1/fields.py",
+    "guardproxy/http1/flow.py",
+    "guardproxy/http1/framing.py",
+    "guardproxy/http1/targets.py",
+    "guardproxy/server/exchange.py",
+    "guardproxy/server/limits.py",
+    "guardproxy/server/protocol.py",
+    "guardproxy/server/refusals.py",
+    "guardproxy/proxy/connection.py",
+    "guardproxy/proxy/pool.py",
+    "guardproxy/proxy/transport.py",
+    "guardproxy/guards/access_log.py",
+    "guardproxy/guards/body_limit.py",
+    "guardproxy/guards/chain.py",
+    "guardproxy/guards/client_ip.py",
+    "guardproxy/guards/concurrency.py",
+    "guardproxy/guards/methods.py",
+    "guardproxy/guards/metrics.py",
+    "guardproxy/guards/paths.py",
+    "guardproxy/guards/request_id.py",
+    "guardproxy/guards/security_headers.py",
+    "guardproxy/observability/access_log.py",
+    "guardproxy/observability/tally.py",
+]
+
+# mypy's own configuration (pyproject.toml) is for checking; the build type-checks the compiled
+# modules without it (no pydantic plugin, which the build environment does not have).
+MYPY_FLAGS = ["--config-file=", "--no-site-packages", "--ignore-missing-imports", "--python-version=3.11"]
+
+
+def say(message: str) -> None:
+    print(f"guardproxy build: {message}", file=sys.stderr)
+
+
+def missing_toolchain() -> str | None:
+    """Why a C extension cannot be built here, or None when it can."""
+    # The compiler setuptools will call: $CC, or the one this Python was built with.
+    command = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "")
+    if not command or shutil.which(command[0]) is None:
+        return f"no C compiler ({command[0] if command else 'none configured'} not found)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        return f"no Python headers ({headers} not found; Debian: apt-get install python3-dev)"
+    return None
+
+
+def compile_intended() -> bool:
+    """Whether this build compiles; says why not when it does not."""
+    if os.environ.get("GUARDPROXY_PURE_PYTHON") == "1":
+        say("GUARDPROXY_PURE_PYTHON=1: building pure Python")
+        return False
+    if any(command in sys.argv for command in ("editable_wheel", "develop")):
+        say("an editable install: building pure Python (compiled modules would shadow the sources)")
+        return False
+    if find_spec("mypyc") is None:
+        say("mypyc is not installed (it comes with mypy, see [build-system]): building pure Python")
+        return False
+    reason = missing_toolchain()
+    if reason is not None:
+        say(f"{reason}: falling back to pure Python (slower; GUARDPROXY_PURE_PYTHON=1 silences this)")
+        return False
+    return True
+
+
+def mypyc_extensions(scratch: Path) -> list[Any]:
+    """Type-checks the compiled modules and writes their C sources into `scratch`."""
+    from mypyc.build import mypycify  # noqa: PLC0415 - only a compiling build needs mypyc
+
+    say(f"compiling {len(COMPILED_MODULES)} modules with mypyc in {scratch}")
+    flags = [*MYPY_FLAGS, f"--cache-dir={scratch / 'mypy-cache'}"]
+    return list(
+        mypycify(
+            [*flags, *(f"src/{module}" for module in COMPILED_MODULES)],
+            opt_level="3",
+            multi_file=True,
+            group_name="guardproxy",
+            target_dir=str(scratch / "mypyc"),
+        )
+    )
+
+
+# The commands that build the package. pip runs this file for metadata and build requirements too
+# (egg_info, dist_info): those need no extensions, and mypyc runs only once, when building.
+BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}
+
+
+def main() -> None:
+    # Relative to this file, as setuptools wants the C sources' paths, and unique to this build.
+    os.chdir(ROOT)
+    Path("build").mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="guardproxy-", dir="build"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    options: dict[str, Any] = {"build": {"build_base": str(scratch / "build")}}
+    extensions: list[Any] = []
+    if BUILD_COMMANDS & set(sys.argv[1:]) and compile_intended():
+        extensions = mypyc_extensions(scratch)
+        options["build_ext"] = {"parallel": os.cpu_count() or 1}
+    setup(ext_modules=extensions, options=options)
+
+
+# setuptools runs this file as __main__; tests import it for its list and its checks.
+if __name__ == "__main__":
+    main()
