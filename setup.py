@@ -75,13 +75,17 @@ def say(message: str) -> None:
     print(f"guardproxy build: {message}", file=sys.stderr)
 
 
+def python_headers() -> Path:
+    return Path(sysconfig.get_path("include")) / "Python.h"
+
+
 def missing_toolchain() -> str | None:
     """Why a C extension cannot be built here, or None when it can."""
     # The compiler setuptools will call: $CC, or the one this Python was built with.
     command = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "")
     if not command or shutil.which(command[0]) is None:
         return f"no C compiler ({command[0] if command else 'none configured'} not found)"
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    headers = python_headers()
     if not headers.is_file():
         return f"no Python headers ({headers} not found; Debian: apt-get install python3-dev)"
     return None
@@ -95,12 +99,12 @@ def compile_intended() -> bool:
     if any(command in sys.argv for command in ("editable_wheel", "develop")):
         say("an editable install: building pure Python (compiled modules would shadow the sources)")
         return False
-    if find_spec("mypyc") is None:
-        say("mypyc is not installed (it comes with mypy, see [build-system]): building pure Python")
-        return False
     reason = missing_toolchain()
     if reason is not None:
         say(f"{reason}: falling back to pure Python (slower; GUARDPROXY_PURE_PYTHON=1 silences this)")
+        return False
+    if find_spec("mypyc") is None:
+        say("mypyc is not installed (it comes with mypy, see [build-system]): building pure Python")
         return False
     return True
 
