@@ -13,10 +13,12 @@ import socket
 import threading
 import time
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from guardproxy.observability.access_log import redact_query
 from guardproxy.observability.sink import LogSink
@@ -425,3 +427,14 @@ def test_sensitive_query_values_are_redacted() -> None:
     )
     assert redact_query(b"", sensitive) == ""
     assert redact_query(b"a=b=c&token==x", sensitive) == "a=b=c&token=[REDACTED]"
+
+
+def test_structlog_can_write_to_the_sink(pipe: tuple[int, int]) -> None:
+    # structlog keeps a lock per file in a WeakKeyDictionary: a sink that cannot be weakly
+    # referenced (a native class of the compiled build) fails every logger at its first line.
+    sink = LogSink(pipe[1])
+    assert weakref.ref(sink)() is sink
+    logger = structlog.BytesLoggerFactory(sink)()
+    logger.msg(b"a line")
+    sink.flush()
+    assert os.read(pipe[0], 100) == b"a line\n"
