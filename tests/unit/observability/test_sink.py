@@ -434,7 +434,7 @@ def test_structlog_can_write_to_the_sink(pipe: tuple[int, int]) -> None:
     # referenced (a native class of the compiled build) fails every logger at its first line.
     sink = LogSink(pipe[1])
     assert weakref.ref(sink)() is sink
-    logger = structlog.BytesLoggerFactory(sink)()
+    logger = structlog.BytesLoggerFactory(sink)()  # type: ignore[arg-type]
     logger.msg(b"a line")
     sink.flush()
     assert os.read(pipe[0], 100) == b"a line\n"
