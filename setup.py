@@ -23,11 +23,13 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 
@@ -130,11 +132,48 @@ def mypyc_extensions(scratch: Path) -> list[Any]:
         mypycify(
             [*flags, *(f"src/{module}" for module in COMPILED_MODULES)],
             opt_level="3",
+            debug_level="0",
             multi_file=True,
             group_name="guardproxy",
             target_dir=str(scratch / "mypyc"),
         )
     )
+
+
+class ParallelBuildExt(build_ext):
+    """Compiles an extension's C files in parallel: mypyc puts the whole hot path into one
+    extension of some forty files, which setuptools would compile one after the other (its
+    `parallel` option only builds separate extensions side by side). Halves the install on two
+    cores. Uses distutils' compile steps, which setuptools (pinned) keeps as they have long been."""
+
+    def build_extensions(self) -> None:
+        compiler: Any = self.compiler
+
+        def compile_sources(  # noqa: PLR0917 - the signature of distutils CCompiler.compile
+            sources: list[str],
+            output_dir: str | None = None,
+            macros: Any = None,
+            include_dirs: Any = None,
+            debug: bool = False,
+            extra_preargs: Any = None,
+            extra_postargs: Any = None,
+            depends: Any = None,
+        ) -> list[str]:
+            macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs
+            )
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+            def compile_one(obj: str) -> None:
+                src, ext = build[obj]
+                compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                list(pool.map(compile_one, objects))
+            return list(objects)
+
+        compiler.compile = compile_sources
+        super().build_extensions()
 
 
 # The commands that build the package. pip runs this file for metadata and build requirements too
@@ -153,7 +192,7 @@ def main() -> None:
     if BUILD_COMMANDS & set(sys.argv[1:]) and compile_intended():
         extensions = mypyc_extensions(scratch)
         options["build_ext"] = {"parallel": os.cpu_count() or 1}
-    setup(ext_modules=extensions, options=options)
+    setup(ext_modules=extensions, options=options, cmdclass={"build_ext": ParallelBuildExt})
 
 
 # setuptools runs this file as __main__; tests import it for its list and its checks.
