@@ -9,12 +9,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from guardproxy.outcomes import Outcome
 
-# A real import, not one under TYPE_CHECKING: the compiled build's dataclass needs the class at
-# import time (setup.py).
+# A real import, not one under TYPE_CHECKING: the compiled build needs the class at import time
+# (setup.py).
 from guardproxy.routes import RoutePolicy
 
 CONTEXT_KEY = "guardproxy.context"
@@ -29,8 +28,12 @@ def new_request_id() -> str:
     return "%032x" % random_bits(128)
 
 
-@dataclass(slots=True)
 class RequestContext:
+    """One per request. Not a dataclass: its generated __init__ would set every field, and it runs
+    as interpreted code even in the compiled build (setup.py); here a request pays for the four
+    fields it sets, the rest are class-level defaults (immutable values only), which the compiled
+    build sets in C. A new field is one annotated line with its default, as before."""
+
     route: RoutePolicy
     client_host: str
     # The scheme the client used: the listener's, or what a trusted proxy in front reported.
@@ -43,7 +46,8 @@ class RequestContext:
     forwarded_for: bytes = b""
     # True when the peer is a trusted proxy: its identity and URL fields are kept, not stripped.
     peer_trusted: bool = False
-    started_at: float = field(default_factory=time.perf_counter)
+    # Set by __init__: when the request started (time.perf_counter).
+    started_at: float = 0.0
     request_id: str = ""
     # W3C trace context to send upstream; empty when the request carries none we can continue.
     traceparent: bytes = b""
@@ -68,3 +72,9 @@ class RequestContext:
     subject: str = ""
     claims: Mapping[str, object] | None = None
     api_key_name: str = ""
+
+    def __init__(self, route: RoutePolicy, client_host: str, scheme: str = "http") -> None:
+        self.route = route
+        self.client_host = client_host
+        self.scheme = scheme
+        self.started_at = time.perf_counter()
