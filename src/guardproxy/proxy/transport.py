@@ -26,6 +26,26 @@ class UpstreamRequest:
     connect_timeout: float
     read_timeout: float
 
+    # Written out, not generated: the dataclasses module's __init__ runs as interpreted code
+    # even in the compiled build (setup.py), one call per request. Positional like the generated one.
+    def __init__(  # noqa: PLR0917
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.content_length = content_length
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
 
 class UpstreamResponse(Protocol):
     status: int
