@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import orjson
 import psutil
 
 from guardproxy import __version__
@@ -41,3 +42,7 @@ def test_the_guardproxy_serving_requests_runs_that_build(proxy: Guardproxy) -> N
     assert proxy.args[:3] == [sys.executable, "-m", "guardproxy"]
     assert httpx.get(f"{proxy.url}/").status_code == 200
     assert loaded_compiled_library(proxy.process.pid) == (build_kind() == COMPILED)
+    # The operator learns it from the start-up line (pip hides what the build printed).
+    starting = [line for line in proxy.log_text().splitlines() if '"guardproxy starting"' in line]
+    assert len(starting) == 1
+    assert orjson.loads(starting[0])["build"] == build_kind()

@@ -25,6 +25,7 @@ import uvicorn
 
 from guardproxy.admin import build_admin_app
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
+from guardproxy.buildinfo import build_kind
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.observability.logging import configure_logging, log_sink
 from guardproxy.observability.metrics import ProxyMetrics
@@ -200,6 +201,7 @@ def run(settings: Settings) -> int:
         raise StartupError(str(exc)) from None
     log.info(
         "guardproxy starting",
+        build=build_kind(),
         listen=str(settings.server.listen),
         admin_listen=str(settings.admin.listen),
         upstream=settings.upstream.url,
