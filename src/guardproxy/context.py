@@ -25,7 +25,8 @@ random_bits = _random.getrandbits
 
 
 def new_request_id() -> str:
-    return "%032x" % random_bits(128)
+    # 32 hex digits; to_bytes().hex() is a third of "%032x" formatting's cost.
+    return random_bits(128).to_bytes(16).hex()
 
 
 class RequestContext:
