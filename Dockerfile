@@ -22,17 +22,30 @@ ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Dependencies first, so a source change does not re-download them.
-COPY constraints.txt pyproject.toml README.md ./
+# The compiled build (setup.py: the hot path compiled with mypyc) needs a C compiler and the
+# interpreter's headers: in this stage only (the official images carry the headers; a Debian
+# base gets them from python3-dev). Unpinned: the base's Debian release decides their versions,
+# and nothing of them reaches the runtime image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && if ! python -c "import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_path('include'), 'Python.h')))"; then \
+           apt-get install -y --no-install-recommends python3-dev; \
+       fi \
+    && rm -rf /var/lib/apt/lists/*
+COPY constraints.txt pyproject.toml setup.py README.md ./
 COPY src ./src
 # The venv's own pip does the work, so the base needs no pip of its own (a Debian base without
 # python3-pip works as well as the official image). --only-binary: every dependency has a wheel
 # for this interpreter; a missing one must fail the build here rather than quietly need a
-# compiler. The versions are the ones CI tested with.
+# compiler. The versions are the ones CI tested with; PIP_CONSTRAINT holds the isolated build
+# environment (setuptools, mypy and its dependencies) to them too, which --constraint does not
+# reach. The build must come out compiled: a fallback to pure Python fails it here.
 RUN python -m venv /opt/guardproxy \
-    && /opt/guardproxy/bin/pip wheel --no-cache-dir --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt . \
+    && PIP_CONSTRAINT=constraints.txt /opt/guardproxy/bin/pip wheel --no-cache-dir --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt . \
     && /opt/guardproxy/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/guardproxy-*.whl \
-    && /opt/guardproxy/bin/pip uninstall --yes pip setuptools
+    && /opt/guardproxy/bin/pip uninstall --yes pip setuptools \
+    && /opt/guardproxy/bin/python -c "from guardproxy.buildinfo import build_kind; assert build_kind() == 'compiled', build_kind()"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="guardproxy" \

@@ -17,6 +17,7 @@ import yaml
 
 from guardproxy import __version__, control
 from guardproxy.audit import command as audit_command
+from guardproxy.buildinfo import build_kind
 from guardproxy.config import (
     CONFIG_FILE_ENV,
     ENV_NESTED_DELIMITER,
@@ -148,7 +149,7 @@ def effective_config_yaml(settings: Settings) -> str:
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command and error
     args = _parser().parse_args(argv)
     if args.command == "version":
-        print(f"guardproxy {__version__}")
+        print(f"guardproxy {__version__} ({build_kind()})")
         return 0
     if args.command == "audit":
         return audit_command.main(args)

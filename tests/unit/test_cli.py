@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from guardproxy import __version__, cli
+from guardproxy.buildinfo import build_kind
 from guardproxy.config import Settings
 
 
@@ -64,7 +65,7 @@ def test_configuration_error_is_one_line_and_exit_2(
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["version"]) == 0
-    assert capsys.readouterr().out == f"guardproxy {__version__}\n"
+    assert capsys.readouterr().out == f"guardproxy {__version__} ({build_kind()})\n"
 
 
 @pytest.mark.parametrize("argv", [[], ["serve"], ["run", "--bogus", "1"], ["check-config", "--workers"]])

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
+from mypy_extensions import mypyc_attr
 
 from guardproxy import problems
 from guardproxy.answer import Answer, RefusedError, ResponseAbortedError
@@ -40,6 +41,8 @@ from guardproxy.routes import RouteTable
 log = structlog.get_logger(component="guardproxy.chain")
 
 
+# Guards outside the compiled build (setup.py) subclass it too.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Guard:
     """Base class for guards: override only the hooks you need; the chain skips the others."""
 

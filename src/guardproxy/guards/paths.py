@@ -19,6 +19,10 @@ from guardproxy.outcomes import Outcome
 
 # After one round of percent-decoding: a "." or ".." segment, with "/" or "\" as separators.
 _TRAVERSAL = re.compile(rb"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
+# What every path is screened for first: a dot, an escape or a backslash. One search, not three
+# `in` tests: bytes.__contains__ first tries its argument as an integer and formats (then
+# clears) a TypeError for every bytes argument, ~2k instructions each (callgrind).
+_WORTH_A_LOOK = re.compile(rb"[.%\\]")
 
 
 def is_suspicious_path(raw_path: bytes) -> bool:
@@ -34,7 +38,7 @@ class PathGuard(Guard):
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         raw_path: bytes = scope["raw_path"]
         # Most paths hold neither a dot nor an escape nor a backslash: skip the work for them.
-        if b"." not in raw_path and b"%" not in raw_path and b"\\" not in raw_path:
+        if _WORTH_A_LOOK.search(raw_path) is None:
             return None
         if is_suspicious_path(raw_path):
             context.outcome = Outcome.BAD_PATH

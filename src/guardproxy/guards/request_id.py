@@ -9,6 +9,7 @@ invalid or missing one is replaced by a fresh trace (W3C Trace Context §3.2, §
 from __future__ import annotations
 
 import re
+from binascii import hexlify
 
 from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext, new_request_id, random_bits
@@ -25,7 +26,6 @@ _ZERO_SPAN_ID = b"0" * 16
 
 def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
     """The traceparent to send upstream, and whether the incoming one was continued."""
-    span_id = b"%016x" % random_bits(64)
     if traceparent is not None:
         match = _TRACEPARENT.fullmatch(traceparent.strip())
         if match is not None:
@@ -37,9 +37,11 @@ def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:
                 and parent_id != _ZERO_SPAN_ID
             )
             if valid:
+                span_id = hexlify(random_bits(64).to_bytes(8))
                 return b"00-%b-%b-%b" % (trace_id, span_id, flags), True
-    trace_id = b"%032x" % random_bits(128)
-    return b"00-%b-%b-00" % (trace_id, span_id), False
+    # A new trace ID and span ID from one draw: 24 random bytes in hex, a "-" after the first 16
+    # (hexlify is a third of "%x" formatting's cost, and this runs for most requests).
+    return b"00-" + hexlify(random_bits(192).to_bytes(24), b"-", -16) + b"-00", False
 
 
 class RequestIdGuard(Guard):

@@ -103,7 +103,7 @@ class SecurityHeadersGuard(Guard):
             for name, value in NEUTRALISED[preset].items()
             if name not in fields
         }
-        self._managed = frozenset(name for name, _ in self._fields) | {HSTS} | self._neutralised.keys()
+        self._managed = frozenset({name for name, _ in self._fields} | {HSTS} | self._neutralised.keys())
         self._remove = frozenset(name.lower().encode("latin-1") for name in remove)
         self._upstream_wins = upstream_wins
         self._hsts = hsts

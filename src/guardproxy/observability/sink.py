@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from mypy_extensions import mypyc_attr
+
 # Like nginx's `access_log ... buffer=64k`: one write per 64 KiB to a file. To a pipe, PIPE_BUF
 # blocks decide the number of writes, so this only bounds how long lines wait under load.
 BUFFER_SIZE = 64 * 1024
@@ -110,6 +112,9 @@ def _send_nowait(sock: socket.socket, data: memoryview) -> int:
     return sock.send(data, socket.MSG_DONTWAIT)
 
 
+# structlog holds the file it writes to by a weak reference, which a native class of the compiled
+# build (setup.py) cannot give: a plain class whose methods are still compiled.
+@mypyc_attr(native_class=False)
 class LogSink:
     """A process's log output. `write` takes one line ending in a newline; safe from any
     thread, never blocks."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
 
 import structlog
 
@@ -225,7 +225,7 @@ class Forwarder:
             method=_METHODS.get(method) or method.encode("ascii"),
             target=target,
             headers=headers,
-            body=_request_body(receive, context) if chunked or content_length else None,
+            body=_RequestBody(receive, context) if chunked or content_length else None,
             content_length=None if chunked else content_length,
             connect_timeout=route.connect_timeout,
             read_timeout=route.read_timeout,
@@ -274,13 +274,28 @@ def _port_field(port: int) -> tuple[bytes, bytes]:
     return field
 
 
-async def _request_body(receive: Receive, context: RequestContext) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
+class _RequestBody:
+    """The client's body as the upstream request streams it, counted as it goes. A class, not an
+    async generator: the compiled build (setup.py) cannot compile those."""
+
+    __slots__ = ("_context", "_done", "_receive")
+
+    def __init__(self, receive: Receive, context: RequestContext) -> None:
+        self._receive = receive
+        self._context = context
+        self._done = False
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        message = await self._receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnectedError
-        body = message.get("body", b"")
-        context.request_bytes += len(body)
-        yield body
+        body: bytes = message.get("body", b"")
+        self._context.request_bytes += len(body)
         if not message.get("more_body", False):
-            return
+            self._done = True
+        return body

@@ -33,6 +33,34 @@ class UpstreamRequest:
     # Connection: upgrade is sent on purpose: a 101 ends the exchange (the response's `switch`).
     upgrade: bool = False
 
+    # Written out, not generated: the dataclasses module's __init__ runs as interpreted code
+    # even in the compiled build (setup.py), one call per request. Positional like the generated one.
+    def __init__(  # noqa: PLR0917
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        content_length: int | None,
+        connect_timeout: float,
+        read_timeout: float,
+        route: str = "default",
+        attempts: int = 1,
+        endpoint: str = "",
+        upgrade: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.content_length = content_length
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.route = route
+        self.attempts = attempts
+        self.endpoint = endpoint
+        self.upgrade = upgrade
+
 
 class UpstreamResponse(Protocol):
     status: int

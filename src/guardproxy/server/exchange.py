@@ -38,13 +38,10 @@ from guardproxy.http1.framing import (
     status_line,
 )
 from guardproxy.outcomes import Outcome
+from guardproxy.server.disconnect import ClientDisconnectedError
 from guardproxy.server.limits import Handler, Lifecycle
 
 log = structlog.get_logger(component="guardproxy.server")
-
-
-class ClientDisconnectedError(OSError):
-    """Raised by `send` when the client has gone away (ASGI 2.4 asks for an OSError)."""
 
 
 class RequestState(Enum):

@@ -5,11 +5,11 @@ draining (`Lifecycle`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from guardproxy.answer import RefusedError
-    from guardproxy.asgi import Receive, Scope, Send
+# Real imports, not under TYPE_CHECKING: a compiled module's annotations need them (setup.py).
+from guardproxy.answer import RefusedError
+from guardproxy.asgi import Receive, Scope, Send
 
 
 class Handler(Protocol):

@@ -26,6 +26,7 @@ import uvicorn
 
 from guardproxy.admin import build_admin_app
 from guardproxy.asgi import ASGIApp, Receive, Scope, Send
+from guardproxy.buildinfo import build_kind
 from guardproxy.config import Address, ServerSettings, Settings
 from guardproxy.config.source import ConfigSource
 from guardproxy.observability.logging import configure_logging, log_sink
@@ -229,6 +230,7 @@ def run(settings: Settings, source: ConfigSource | None = None) -> int:
         raise StartupError(str(exc)) from None
     log.info(
         "guardproxy starting",
+        build=build_kind(),
         listen=str(settings.server.listen),
         admin_listen=str(settings.admin.listen),
         upstream=settings.upstream.url,

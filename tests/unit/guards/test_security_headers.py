@@ -90,7 +90,8 @@ def test_built_from_its_settings_section() -> None:
 def cache_headers(
     g: SecurityHeadersGuard, headers: list[tuple[bytes, bytes]], *, status: int = 200, route: str = "default"
 ) -> list[bytes]:
-    context = RequestContext(route=RoutePolicy(route, 5.0, 60.0, None, 1024), client_host="192.0.2.1", status=status)
+    context = RequestContext(route=RoutePolicy(route, 5.0, 60.0, None, 1024), client_host="192.0.2.1")
+    context.status = status
     fields = list(headers)
     g.on_response_start(context, fields)
     return [value for name, value in fields if name == b"cache-control"]

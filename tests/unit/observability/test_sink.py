@@ -13,10 +13,12 @@ import socket
 import threading
 import time
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from guardproxy.observability.access_log import redact_query
 from guardproxy.observability.sink import LogSink
@@ -459,3 +461,14 @@ async def test_settle_gives_nothing_up_when_the_consumer_is_behind(pipe: tuple[i
     received += readable(read_end)
     assert bytes(received) == b"".join(lines)
     await sink.aclose()
+
+
+def test_structlog_can_write_to_the_sink(pipe: tuple[int, int]) -> None:
+    # structlog keeps a lock per file in a WeakKeyDictionary: a sink that cannot be weakly
+    # referenced (a native class of the compiled build) fails every logger at its first line.
+    sink = LogSink(pipe[1])
+    assert weakref.ref(sink)() is sink
+    logger = structlog.BytesLoggerFactory(sink)()  # type: ignore[arg-type]
+    logger.msg(b"a line")
+    sink.flush()
+    assert os.read(pipe[0], 100) == b"a line\n"
