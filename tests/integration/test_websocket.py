@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -398,7 +399,8 @@ async def test_a_handshake_the_upstream_refuses_is_an_ordinary_response(ws_proxy
 
 
 def test_a_rate_limited_handshake_gets_429(start_proxy, ws_upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    prefix = f"gp-ws-test-{tmp_path.name[-12:]}:"
+    # A prefix of its own per run: the Redis at 6379 outlives runs, and other runs share it.
+    prefix = f"gp-ws-test-{uuid.uuid4().hex}:"
     config = write_config(
         tmp_path,
         f"rate_limit:\n  per_client_ip: 2/minute\n  redis_url: redis://127.0.0.1:6379/0\n  key_prefix: '{prefix}'\n",
