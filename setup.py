@@ -59,6 +59,11 @@ COMPILED_MODULES = [
     "guardproxy/proxy/forwarder.py",
     "guardproxy/proxy/pool.py",
     "guardproxy/proxy/transport.py",
+    # Upstream resilience: with the defaults (retries and a breaker) every request passes here.
+    "guardproxy/proxy/balancer.py",
+    "guardproxy/proxy/breaker.py",
+    "guardproxy/proxy/endpoints.py",
+    "guardproxy/proxy/resilient.py",
     "guardproxy/guards/access_log.py",
     "guardproxy/guards/body_limit.py",
     "guardproxy/guards/chain.py",

@@ -16,6 +16,8 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from guardproxy.proxy.balancer import Balancer
 from guardproxy.proxy.breaker import BreakerState
 from guardproxy.proxy.endpoints import Endpoint, EndpointResponse
@@ -26,6 +28,8 @@ from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse
 _CLOSED = BreakerState.CLOSED
 
 
+# Open to subclasses outside the compiled build (observability/upstream.py, tests).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AttemptObserver:
     """What the transport reports per attempt; the metrics implement it (no-ops by default)."""
 
