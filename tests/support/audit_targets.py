@@ -7,24 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
-from tests.support.processes import SUPPORT_DIR, UpstreamProcess, free_port, port_open, wait_until
+from tests.support.processes import SUPPORT_DIR, UpstreamProcess, start_support_server
 
 
 def start_weak_upstream() -> UpstreamProcess:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(SUPPORT_DIR / "weak_upstream.py"), str(port)])
-    upstream = UpstreamProcess(port, process)
-    try:
-        wait_until(lambda: port_open(port))
-    except AssertionError:
-        upstream.stop()
-        raise
-    return upstream
+    return start_support_server(SUPPORT_DIR / "weak_upstream.py")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -76,17 +75,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def start_idempotent_upstream() -> UpstreamProcess:
-    from tests.support.processes import UpstreamProcess, free_port, port_open, wait_until  # noqa: PLC0415
+    from tests.support.processes import start_support_server  # noqa: PLC0415
 
-    port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, str(port)], cwd=Path(__file__).resolve().parents[2])
-    upstream = UpstreamProcess(port, process)
-    try:
-        wait_until(lambda: port_open(port))
-    except AssertionError:
-        upstream.stop()
-        raise
-    return upstream
+    return start_support_server(Path(__file__))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,10 @@ class UpstreamProcess:
             self.process.wait(timeout=10)
 
 
-def start_upstream_app(port: int | None = None) -> UpstreamProcess:
+def start_support_server(script: Path, port: int | None = None) -> UpstreamProcess:
+    """Run a server script of tests/support (`python SCRIPT PORT`) and wait until it listens."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, str(SUPPORT_DIR / "upstream_app.py"), str(port)])
+    process = subprocess.Popen([sys.executable, str(script), str(port)], cwd=SUPPORT_DIR.parents[1])
     upstream = UpstreamProcess(port, process)
     try:
         wait_until(lambda: port_open(port))
@@ -65,6 +66,10 @@ def start_upstream_app(port: int | None = None) -> UpstreamProcess:
         upstream.stop()
         raise
     return upstream
+
+
+def start_upstream_app(port: int | None = None) -> UpstreamProcess:
+    return start_support_server(SUPPORT_DIR / "upstream_app.py", port)
 
 
 @dataclass

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import socket
-import subprocess
-import sys
 
-from tests.support.processes import SUPPORT_DIR, UpstreamProcess, free_port, port_open, wait_until
+from tests.support.processes import SUPPORT_DIR, UpstreamProcess, start_support_server
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 # RFC 6455 §1.3's example: this key's accept value.
@@ -16,15 +14,7 @@ SAMPLE_KEY, SAMPLE_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK
 
 
 def start_ws_upstream() -> UpstreamProcess:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(SUPPORT_DIR / "ws_upstream.py"), str(port)])
-    upstream = UpstreamProcess(port, process)
-    try:
-        wait_until(lambda: port_open(port))
-    except AssertionError:
-        upstream.stop()
-        raise
-    return upstream
+    return start_support_server(SUPPORT_DIR / "ws_upstream.py")
 
 
 def handshake(path: str = "/echo", fields: dict[str, str] | None = None, *, method: str = "GET") -> bytes:
