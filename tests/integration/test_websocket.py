@@ -39,15 +39,7 @@ from tests.support.websocket import (
     handshake,
     masked_frame,
     open_raw,
-    start_ws_upstream,
 )
-
-
-@pytest.fixture(scope="module")
-def ws_upstream() -> Iterator[UpstreamProcess]:
-    upstream = start_ws_upstream()
-    yield upstream
-    upstream.stop()
 
 
 def write_config(tmp_path: Path, text: str) -> str:

@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,18 +17,11 @@ import orjson
 import pytest
 import websockets
 
-from tests.support.processes import Guardproxy, UpstreamProcess, wait_until
+from tests.support.processes import Guardproxy, wait_until
 from tests.support.raw import parse_responses, raw_exchange, read_until_close
-from tests.support.websocket import handshake, masked_frame, open_raw, rss_bytes, start_ws_upstream
+from tests.support.websocket import handshake, masked_frame, open_raw, rss_bytes
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def ws_upstream() -> Iterator[UpstreamProcess]:
-    upstream = start_ws_upstream()
-    yield upstream
-    upstream.stop()
 
 
 def config_file(tmp_path: Path, text: str) -> str:

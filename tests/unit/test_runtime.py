@@ -5,7 +5,6 @@ The upstream is a real HTTP server on a loopback port, in this event loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,29 +16,6 @@ from guardproxy.runtime import CurrentRuntime, Runtime
 from guardproxy.server.limits import Lifecycle
 from tests.support.factories import call, make_scope
 from tests.support.tls import write_certificate
-
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-@pytest.fixture
-async def upstream_url() -> AsyncIterator[str]:
-    """A keep-alive upstream that answers every request with `{}`."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(RESPONSE)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.close()
-    await server.wait_closed()
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
