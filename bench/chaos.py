@@ -5,8 +5,9 @@ Then it checks:
 
 - every answer was one the mix expects (`ok`, a 429 on the limited path) or one of the problem
   types the faults explain (upstream-unavailable / upstream-bad-response while the upstream is
-  down); a broken exchange (no answer at all) only for a request in flight when a process was
-  killed under it (the upstream, or the worker serving it);
+  down, upstream-circuit-open until its circuit's next probe); a broken exchange (no answer at
+  all) only for a request in flight when a process was killed under it (the upstream, or the
+  worker serving it);
 - no lost log lines: every answered request's X-Request-ID is in the access log, except requests
   a SIGKILLed worker answered in its last moment (its buffer dies with it: counted, reported);
 - no worker left dead: the supervisor runs as many workers as configured at the end;
@@ -41,6 +42,10 @@ from bench.stack import Stack, wait_for  # noqa: E402
 WORKERS = 2
 # Problem types a fault explains, by the fault.
 UPSTREAM_DOWN = {"problem:upstream-unavailable", "problem:upstream-bad-response"}
+# The upstream's circuit opens while it is down and lets a probe through `upstream.circuit_breaker
+# .open_for` seconds after the last failure: until then guardproxy answers this itself, at once.
+CIRCUIT_OPEN = "problem:upstream-circuit-open"
+CIRCUIT_OPEN_FOR = 2.0
 # A request broken (no answer) by a killed process it was in flight on may show as any of these.
 BROKEN = {"error:RemoteProtocolError", "error:ReadError", "error:ConnectError", "error:WriteError"}
 # The access log is written in blocks; a SIGKILLed worker's last block is lost with it.
@@ -49,7 +54,11 @@ KILL_WINDOW_SECONDS = 2.0
 
 def chaos_config(upstream_url: str) -> dict[str, Any]:
     return {
-        "upstream": {"url": upstream_url, "health_check": {"interval": 0.5, "timeout": 0.5}},
+        "upstream": {
+            "url": upstream_url,
+            "health_check": {"interval": 0.5, "timeout": 0.5},
+            "circuit_breaker": {"open_for": CIRCUIT_OPEN_FOR},
+        },
         "rate_limit": {"key_prefix": "chaos:", "rules": [LIMITED_RULE], "breaker_cooldown": 1.0},
     }
 
@@ -131,8 +140,11 @@ def judge(report: Report, findings: Findings, log_path: Path) -> dict[str, Any]:
         started_at = answer.finished_at - answer.seconds
         during_upstream = in_window(upstream_start, upstream_end, started_at, answer.finished_at)
         during_kill = in_window(kill_start, kill_end, started_at, answer.finished_at)
-        ok = (answer.outcome in UPSTREAM_DOWN and during_upstream) or (
-            answer.outcome in BROKEN and (during_upstream or during_kill)
+        while_circuit_open = in_window(upstream_start, upstream_end + CIRCUIT_OPEN_FOR, started_at, answer.finished_at)
+        ok = (
+            (answer.outcome in UPSTREAM_DOWN and during_upstream)
+            or (answer.outcome == CIRCUIT_OPEN and while_circuit_open)
+            or (answer.outcome in BROKEN and (during_upstream or during_kill))
         )
         bucket = explained if ok else unexplained
         bucket[answer.outcome] = bucket.get(answer.outcome, 0) + 1
