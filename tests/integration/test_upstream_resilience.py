@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.processes import UpstreamProcess, free_port, start_upstream_app, wait_until
+from tests.support.processes import Guardproxy, UpstreamProcess, free_port, start_upstream_app, wait_until
 from tests.support.raw import raw_upstream, read_request_head
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -255,6 +255,11 @@ def _load(url: str, stop: threading.Event, outcomes: Counter[str], lock: threadi
                 outcomes[status] += 1
 
 
+def _endpoint_states(gp: Guardproxy) -> set[str]:
+    ready = httpx.get(f"{gp.admin_url}/readyz", timeout=5).json()
+    return {endpoint["state"] for endpoint in ready["checks"]["upstream"]["endpoints"]}
+
+
 def _restart(app: UpstreamProcess) -> UpstreamProcess:
     """Kill the app and start it again on the same port half a second later."""
     app.stop()
@@ -267,7 +272,12 @@ def test_a_rolling_restart_under_load_costs_no_get(start_proxy) -> None:  # type
     first, second = start_upstream_app(), start_upstream_app()
     apps = [first, second]
     try:
-        env = endpoints_env(first.url, second.url, GUARDPROXY_UPSTREAM__CIRCUIT_BREAKER__OPEN_FOR="1")
+        env = endpoints_env(
+            first.url,
+            second.url,
+            GUARDPROXY_UPSTREAM__CIRCUIT_BREAKER__OPEN_FOR="1",
+            GUARDPROXY_UPSTREAM__HEALTH_CHECK__INTERVAL="0.2",
+        )
         gp = start_proxy(first.url, env=env)
         stop, lock, outcomes = threading.Event(), threading.Lock(), Counter[str]()
         workers = [threading.Thread(target=_load, args=(gp.url, stop, outcomes, lock)) for _ in range(4)]
@@ -277,7 +287,9 @@ def test_a_rolling_restart_under_load_costs_no_get(start_proxy) -> None:  # type
             for index, app in enumerate(list(apps)):
                 time.sleep(1.0)
                 apps[index] = _restart(app)
-                time.sleep(1.5)  # the breaker's open_for, then probes bring it back
+                # As a rollout waits for the new replica before it stops the next one: here until
+                # guardproxy sends it traffic again (breaker closed by probes, health checks passed).
+                wait_until(lambda: _endpoint_states(gp) == {"healthy"}, timeout=15)
         finally:
             stop.set()
             for worker in workers:
