@@ -16,7 +16,6 @@ import ssl
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from guardproxy.asgi import Headers
@@ -106,6 +105,7 @@ class ConnectionPool:
         self._max_idle = max_idle_connections
         self._idle_timeout = idle_timeout
         self._ssl = ssl_context
+        self._running_loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[UpstreamConnection] = []
         self._open = 0
         self._busy: set[UpstreamConnection] = set()
@@ -195,10 +195,15 @@ class ConnectionPool:
         self._busy.add(connection)
         return connection
 
-    @cached_property
+    @property
     def _loop(self) -> asyncio.AbstractEventLoop:
-        # Looked up once: get_running_loop() costs a getpid() system call per use.
-        return asyncio.get_running_loop()
+        # Looked up once: on Python 3.11 get_running_loop() costs a getpid() system call per
+        # use. An attribute, not functools.cached_property: a compiled class has no __dict__
+        # for it to cache in, so it looked the loop up at every use (two getpid() per request).
+        loop = self._running_loop
+        if loop is None:
+            loop = self._running_loop = asyncio.get_running_loop()
+        return loop
 
     async def _connect(self, timeout: float) -> UpstreamConnection:
         loop = self._loop
