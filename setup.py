@@ -65,6 +65,13 @@ COMPILED_MODULES = [
     "guardproxy/proxy/endpoints.py",
     "guardproxy/proxy/resilient.py",
     "guardproxy/guards/access_log.py",
+    # Edge authentication: a route with auth runs these per request (a cached token's check,
+    # API keys, IP lists); JWKS fetching and forward auth wait on the network and stay out.
+    "guardproxy/guards/auth/api_keys.py",
+    "guardproxy/guards/auth/guard.py",
+    "guardproxy/guards/auth/ip_lists.py",
+    "guardproxy/guards/auth/jwt_provider.py",
+    "guardproxy/guards/auth/policy.py",
     "guardproxy/guards/body_limit.py",
     "guardproxy/guards/chain.py",
     "guardproxy/guards/client_ip.py",
