@@ -5,8 +5,8 @@ Passive outlier detection is the breaker's: connect failures, cut connections, t
 (with several endpoints) 502/503/504 answers count as failures, and `consecutive_failures` of
 them in a row (or a failure ratio) take the endpoint out of the balancing for `open_for`
 seconds. With several endpoints, a 503 with `Retry-After` holds the endpoint back for that long
-(capped), as the upstream asked. Active
-checks (health.py) set `healthy`.
+(capped), as the upstream asked. Active checks (health.py) set `healthy`, and a passing one ends
+an open circuit's wait at once (`check_passed`): the next request is its probe.
 """
 
 from __future__ import annotations
@@ -69,6 +69,13 @@ class Endpoint:
         """Commit to sending a request here: takes a half-open probe's place if need be."""
         breaker = self.breaker
         return breaker is None or breaker.allow()
+
+    def check_passed(self) -> None:
+        """An active health check found it healthy: an open circuit goes half-open now rather
+        than after `open_for`, as Envoy's and HAProxy's active checks return a host to service.
+        Requests still decide whether it closes; a held-back endpoint stays held."""
+        if self.breaker is not None:
+            self.breaker.half_open()
 
     def failed(self) -> None:
         if self.breaker is not None:
