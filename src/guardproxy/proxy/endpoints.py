@@ -11,8 +11,11 @@ an open circuit's wait at once (`check_passed`): the next request is its probe.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import structlog
@@ -100,7 +103,7 @@ class Endpoint:
             if status == 503:
                 delay = retry_after_seconds(headers)
                 if delay:
-                    self.held_until = clock() + min(delay, MAX_HOLD)
+                    self.held_until = clock() + delay
         elif breaker is not None:
             breaker.record_success()
 
@@ -113,14 +116,31 @@ class Endpoint:
         return "healthy" if self.healthy else "unhealthy"
 
 
-def retry_after_seconds(headers: Headers) -> float:
-    """Retry-After as delay-seconds (RFC 9110 §10.2.3); 0 when absent or an HTTP-date (which
-    would need the upstream's clock to agree with ours)."""
+def retry_after_seconds(headers: Headers, now: float | None = None) -> float:
+    """Retry-After (RFC 9110 §10.2.3) in seconds from `now` (wall-clock, time.time()), at most
+    MAX_HOLD: delay-seconds, or an HTTP-date (0 once past; our clock and the upstream's are
+    assumed to roughly agree, and the cap bounds what a skew costs). 0 when absent or not
+    understood: a hostile or broken value is ignored, never an error."""
     for name, value in headers:
         if name == b"retry-after":
-            seconds = value.strip()
-            return float(seconds) if seconds.isdigit() else 0.0
+            text = value.strip()
+            if text.isdigit():
+                return min(float(text), MAX_HOLD)
+            return _seconds_until(text.decode("latin-1"), time.time() if now is None else now)
     return 0.0
+
+
+def _seconds_until(http_date: str, now: float) -> float:
+    try:
+        when = parsedate_to_datetime(http_date)
+        if when.tzinfo is None:
+            # The asctime form has no zone, and HTTP-dates are always UTC (RFC 9110 §5.6.7).
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (ValueError, OverflowError):
+        # What email.utils raises for what is no date, or a field out of range (year 99999).
+        return 0.0
+    return min(max(seconds, 0.0), MAX_HOLD)
 
 
 class EndpointResponse:
