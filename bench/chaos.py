@@ -42,8 +42,9 @@ from bench.stack import Stack, wait_for  # noqa: E402
 WORKERS = 2
 # Problem types a fault explains, by the fault.
 UPSTREAM_DOWN = {"problem:upstream-unavailable", "problem:upstream-bad-response"}
-# The upstream's circuit opens while it is down and lets a probe through `upstream.circuit_breaker
-# .open_for` seconds after the last failure: until then guardproxy answers this itself, at once.
+# The upstream's circuit opens while it is down and lets a probe through at the first passing
+# health check once it is back, at the latest `upstream.circuit_breaker.open_for` seconds after
+# the last failure: until then guardproxy answers this itself, at once.
 CIRCUIT_OPEN = "problem:upstream-circuit-open"
 CIRCUIT_OPEN_FOR = 2.0
 # A request broken (no answer) by a killed process it was in flight on may show as any of these.

@@ -4,8 +4,10 @@ Each check's latest result is kept so `/readyz` answers from memory: a probe sto
 platform must not turn into a request storm on the upstream. Every endpoint is probed (a TCP
 connect, or `GET path` wanting `expected_status` or any status below 500); `unhealthy_after`
 failed probes in a row take it out of the balancing and `healthy_after` passed ones bring it
-back (the first probe decides at once). The proxy is ready while at least one endpoint is
-healthy, and `/readyz` lists each endpoint's state.
+back (the first probe decides at once). A passing probe of a healthy endpoint also ends its
+open circuit's wait (the next request probes it), so a restarted upstream is back within a
+check interval rather than after the breaker's `open_for`. The proxy is ready while at least
+one endpoint is healthy, and `/readyz` lists each endpoint's state.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class EndpointHealth:
             log.warning("upstream endpoint health changed", endpoint=self.target.name, healthy=ok, detail=detail)
         if self._endpoint is not None:
             self._endpoint.healthy = bool(self.healthy)
+            if ok and self.healthy:
+                self._endpoint.check_passed()
 
     def as_json(self) -> dict[str, object]:
         state = self._endpoint.state(time.monotonic()) if self._endpoint is not None else None

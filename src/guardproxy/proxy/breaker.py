@@ -6,7 +6,9 @@ or (when `failure_ratio` is set) once at least that share of the last `window` s
 failed and there were `min_requests` of them. Open, it lets nothing through for `open_for`
 seconds; then half-open, it lets `half_open_probes` calls through: all succeed and it closes,
 one fails and it opens again. A probe that never reports back (its caller was cancelled) frees
-its place after another `open_for`, so a breaker cannot stay half-open for ever.
+its place after another `open_for`, so a breaker cannot stay half-open for ever. `half_open`
+ends an open period early when something other than a call (an active health check) sees the
+endpoint answer again.
 
 No timers and no I/O: time comes from `clock`, so tests drive it with a fake one. A closed
 breaker's bookkeeping per call is a counter or two, cheap enough for the request path.
@@ -153,6 +155,12 @@ class CircuitBreaker:
         if self.state is _CLOSED:
             return 0.0
         return max(0.0, self._open_for - (self._clock() - self._changed_at))
+
+    def half_open(self) -> None:
+        """An open breaker lets its probes through now instead of after `open_for`: the caller
+        saw the endpoint answer again. Calls still decide whether it closes."""
+        if self.state is _OPEN:
+            self._move(_HALF_OPEN, self._clock())
 
     def record_success(self) -> None:
         state = self.state

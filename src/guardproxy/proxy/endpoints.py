@@ -5,14 +5,17 @@ Passive outlier detection is the breaker's: connect failures, cut connections, t
 (with several endpoints) 502/503/504 answers count as failures, and `consecutive_failures` of
 them in a row (or a failure ratio) take the endpoint out of the balancing for `open_for`
 seconds. With several endpoints, a 503 with `Retry-After` holds the endpoint back for that long
-(capped), as the upstream asked. Active
-checks (health.py) set `healthy`.
+(capped), as the upstream asked. Active checks (health.py) set `healthy`, and a passing one ends
+an open circuit's wait at once (`check_passed`): the next request is its probe.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import structlog
@@ -70,6 +73,13 @@ class Endpoint:
         breaker = self.breaker
         return breaker is None or breaker.allow()
 
+    def check_passed(self) -> None:
+        """An active health check found it healthy: an open circuit goes half-open now rather
+        than after `open_for`, as Envoy's and HAProxy's active checks return a host to service.
+        Requests still decide whether it closes; a held-back endpoint stays held."""
+        if self.breaker is not None:
+            self.breaker.half_open()
+
     def failed(self) -> None:
         if self.breaker is not None:
             self.breaker.record_failure()
@@ -93,7 +103,7 @@ class Endpoint:
             if status == 503:
                 delay = retry_after_seconds(headers)
                 if delay:
-                    self.held_until = clock() + min(delay, MAX_HOLD)
+                    self.held_until = clock() + delay
         elif breaker is not None:
             breaker.record_success()
 
@@ -106,14 +116,31 @@ class Endpoint:
         return "healthy" if self.healthy else "unhealthy"
 
 
-def retry_after_seconds(headers: Headers) -> float:
-    """Retry-After as delay-seconds (RFC 9110 §10.2.3); 0 when absent or an HTTP-date (which
-    would need the upstream's clock to agree with ours)."""
+def retry_after_seconds(headers: Headers, now: float | None = None) -> float:
+    """Retry-After (RFC 9110 §10.2.3) in seconds from `now` (wall-clock, time.time()), at most
+    MAX_HOLD: delay-seconds, or an HTTP-date (0 once past; our clock and the upstream's are
+    assumed to roughly agree, and the cap bounds what a skew costs). 0 when absent or not
+    understood: a hostile or broken value is ignored, never an error."""
     for name, value in headers:
         if name == b"retry-after":
-            seconds = value.strip()
-            return float(seconds) if seconds.isdigit() else 0.0
+            text = value.strip()
+            if text.isdigit():
+                return min(float(text), MAX_HOLD)
+            return _seconds_until(text.decode("latin-1"), time.time() if now is None else now)
     return 0.0
+
+
+def _seconds_until(http_date: str, now: float) -> float:
+    try:
+        when = parsedate_to_datetime(http_date)
+        if when.tzinfo is None:
+            # The asctime form has no zone, and HTTP-dates are always UTC (RFC 9110 §5.6.7).
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (ValueError, OverflowError):
+        # What email.utils raises for what is no date, or a field out of range (year 99999).
+        return 0.0
+    return min(max(seconds, 0.0), MAX_HOLD)
 
 
 class EndpointResponse:

@@ -83,7 +83,7 @@ def test_a_held_back_endpoint_is_skipped_until_its_retry_after() -> None:
     assert pool[1].available(clock.now)
 
 
-def test_a_malformed_or_date_retry_after_holds_nothing() -> None:
+def test_a_malformed_or_past_date_retry_after_holds_nothing() -> None:
     clock = Clock()
     endpoint = endpoints(1, clock)[0]
     endpoint.breaker = None

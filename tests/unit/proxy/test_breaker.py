@@ -4,6 +4,8 @@ change of state exactly once."""
 
 from __future__ import annotations
 
+import pytest
+
 from guardproxy.proxy.breaker import BreakerState, CircuitBreaker, SlidingCounts
 
 
@@ -134,6 +136,64 @@ def test_failures_while_open_change_nothing() -> None:
     assert moves == [("closed", "open")]
     clock.now += 5.0
     assert made.allow()
+
+
+def test_half_open_ends_an_open_period_at_once_and_probes_still_decide() -> None:
+    clock = Clock()
+    made, moves = breaker(clock)
+    for _ in range(3):
+        made.record_failure()
+    clock.now += 1.0
+    made.half_open()
+    assert state_of(made) is BreakerState.HALF_OPEN
+    assert made.would_allow()
+    assert made.allow()
+    assert made.allow()
+    assert not made.allow()  # still only half_open_probes of them
+    made.record_success()
+    made.record_success()
+    assert state_of(made) is BreakerState.CLOSED
+    assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_half_open_leaves_a_closed_breaker_and_its_failure_count_alone() -> None:
+    made, moves = breaker(Clock())
+    made.record_failure()
+    made.record_failure()
+    made.half_open()
+    assert state_of(made) is BreakerState.CLOSED
+    made.record_failure()  # the third in a row: the run was not reset
+    assert state_of(made) is BreakerState.OPEN
+    assert moves == [("closed", "open")]
+
+
+def test_half_open_hands_out_no_extra_probes_while_half_open() -> None:
+    clock = Clock()
+    made, moves = breaker(clock)
+    for _ in range(3):
+        made.record_failure()
+    made.half_open()
+    assert made.allow()
+    assert made.allow()
+    made.half_open()
+    assert not made.allow()
+    assert moves == [("closed", "open"), ("open", "half_open")]
+
+
+def test_a_probe_failing_after_an_early_half_open_opens_it_for_a_whole_period() -> None:
+    clock = Clock()
+    made, moves = breaker(clock)
+    for _ in range(3):
+        made.record_failure()
+    clock.now += 1.0
+    made.half_open()
+    assert made.allow()
+    made.record_failure()
+    assert state_of(made) is BreakerState.OPEN
+    clock.now += 4.9
+    assert not made.allow()
+    assert made.retry_in() == pytest.approx(0.1)  # counted from the failed probe
+    assert moves[-1] == ("half_open", "open")
 
 
 def test_a_failure_ratio_opens_it_once_there_were_enough_requests() -> None:
