@@ -54,6 +54,13 @@ class UpstreamProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def drain(self) -> None:
+        """Stop as a rollout stops a replica: SIGTERM, so the server finishes the requests it
+        has started and closes its idle connections before it exits."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
 
 def start_support_server(script: Path, port: int | None = None) -> UpstreamProcess:
     """Run a server script of tests/support (`python SCRIPT PORT`) and wait until it listens."""
