@@ -30,6 +30,10 @@ class MockResponse:
     def finished(self) -> bool:
         return self._next >= len(self.chunks) and self.fail_after is None
 
+    @property
+    def chunk_ready(self) -> bool:
+        return False  # as a real response whose body is still on its way: the head leaves first
+
     async def read_chunk(self) -> bytes:
         if self._next < len(self.chunks):
             self._next += 1

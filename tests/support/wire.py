@@ -17,6 +17,7 @@ class RecordingTransport(asyncio.Transport):
     def __init__(self, *, peer: tuple[str, int] = ("203.0.113.9", 40000)) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0  # how many writes (system calls, on a real socket) made it
         self.closed = False
         self.reading = True
         self.protocol: asyncio.Protocol | None = None
@@ -25,6 +26,7 @@ class RecordingTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "write after close"
         self.written += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return self.closed

@@ -315,6 +315,12 @@ class UpstreamConnection(asyncio.Protocol):
             raise self._error
         return self._status, self._head_fields
 
+    @property
+    def chunk_ready(self) -> bool:
+        """Whether `read_chunk` returns without waiting: a piece is buffered, or the body ended
+        or broke."""
+        return bool(self._chunks) or self._complete or self._error is not None
+
     async def read_chunk(self) -> bytes:
         while not self._chunks:
             if self._complete:

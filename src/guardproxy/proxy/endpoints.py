@@ -163,6 +163,10 @@ class EndpointResponse:
         return self._response.finished
 
     @property
+    def chunk_ready(self) -> bool:
+        return self._response.chunk_ready
+
+    @property
     def trailers(self) -> Headers:
         return self._response.trailers
 

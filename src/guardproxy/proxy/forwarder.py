@@ -124,6 +124,10 @@ class Forwarder:
             }
             if trailers:
                 start["trailers"] = True
+            if response.chunk_ready:
+                # The first chunk is here and is sent next: the head can wait for it and leave
+                # in the same write, with no flush of its own scheduled (server/exchange.py).
+                start["body_ready"] = True
             await send(start)
             while True:
                 # Each chunk goes out as soon as it arrives (server-sent events depend on it);

@@ -69,6 +69,10 @@ class PooledResponse:
         return self._connection is None or self._connection.body_drained
 
     @property
+    def chunk_ready(self) -> bool:
+        return self._connection is None or self._connection.chunk_ready
+
+    @property
     def trailers(self) -> Headers:
         return self._connection.trailers if self._connection is not None else []
 
@@ -294,7 +298,11 @@ async def _send_body(connection: UpstreamConnection, request: UpstreamRequest) -
 def _request_head(request: UpstreamRequest) -> bytes:
     lines = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
     for name, value in request.headers:
-        lines += (name, b": ", value, b"\r\n")
+        # Four appends, not `lines += (...)`: no tuple per field (compiled, each is one C call).
+        lines.append(name)
+        lines.append(b": ")
+        lines.append(value)
+        lines.append(b"\r\n")
     if request.body is not None and request.content_length is None:
         lines.append(b"transfer-encoding: chunked\r\n")
     lines.append(b"\r\n")

@@ -74,6 +74,11 @@ class UpstreamResponse(Protocol):
         """True once every byte of the body has been handed out by `read_chunk`."""
 
     @property
+    def chunk_ready(self) -> bool:
+        """True when `read_chunk` would return without waiting. False is always safe: it only
+        costs the response head a send of its own."""
+
+    @property
     def trailers(self) -> Headers:
         """The trailer fields of a chunked body, as received, once `finished`; never part of
         `headers`."""

@@ -252,7 +252,7 @@ class Exchange:
         if self.response is NOT_STARTED:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
-            self._start_response(message["status"], message.get("headers", ()))
+            self._start_response(message["status"], message.get("headers", ()), message.get("body_ready") is True)
             self._trailers = message.get("trailers") is True
             return
         if self.response is not STREAMING or message["type"] != "http.response.body":
@@ -280,7 +280,7 @@ class Exchange:
 
     # internals
 
-    def _start_response(self, status: int, headers: Any) -> None:
+    def _start_response(self, status: int, headers: Any, body_ready: bool) -> None:
         self.response = STREAMING
         self._expect_continue = False
         if self._connection.lifecycle.draining or self.request is not COMPLETE:
@@ -296,7 +296,11 @@ class Exchange:
             elif name == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
                 continue
-            lines += (name, b": ", value, b"\r\n")
+            # Four appends, not `lines += (...)`: no tuple per field (compiled, each is one C call).
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
         scope = self.scope
         framing = self._framing = response_framing(scope["method"], status, scope["http_version"], content_length)
         if framing is LENGTH:
@@ -310,10 +314,13 @@ class Exchange:
         if not self.keep_alive and status != 101:  # a 101 carries Connection: upgrade instead
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
-        # Held for one loop turn: it leaves together with the first body chunk if that comes
-        # right away (the usual case), or alone when the turn ends (a slow stream).
+        # Held: it leaves together with the first body chunk. When the application says that
+        # chunk is already at hand (`body_ready`, a guardproxy extension of the start message:
+        # the forwarder sets it when the upstream's first chunk is buffered), it simply waits
+        # for it; otherwise it waits one loop turn at most, then leaves alone (a slow stream).
         self._held_head = b"".join(lines)
-        self._connection.loop.call_soon(self._flush_head)
+        if not body_ready:
+            self._connection.loop.call_soon(self._flush_head)
 
     def _send_trailers(self, message: Message) -> None:
         """The trailer section after a chunked body's last chunk (RFC 9112 §7.1.2); any other

@@ -65,6 +65,10 @@ class Response:
     def finished(self) -> bool:
         return self._read
 
+    @property
+    def chunk_ready(self) -> bool:
+        return True
+
     def close(self) -> None:
         return None
 

@@ -40,6 +40,36 @@ async def test_a_response_with_content_length_is_reusable_once_read() -> None:
     assert upstream.reusable
 
 
+async def test_chunk_ready_says_whether_a_read_would_wait() -> None:
+    upstream, _ = connection()
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    await upstream.head
+    assert not upstream.chunk_ready  # nothing of the body yet: a read waits
+    upstream.data_received(b"ab")
+    assert upstream.chunk_ready
+    assert await upstream.read_chunk() == b"ab"
+    assert not upstream.chunk_ready  # two bytes still due
+    upstream.data_received(b"cd")
+    assert await upstream.read_chunk() == b"cd"
+    assert upstream.chunk_ready  # complete: a read returns b"" at once
+    assert await upstream.read_chunk() == b""
+
+
+async def test_a_broken_body_is_ready_to_raise_and_an_empty_one_to_end() -> None:
+    upstream, _ = connection()
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+    await upstream.head
+    assert await upstream.read_chunk() == b"part"
+    upstream.connection_lost(ConnectionResetError())
+    assert upstream.chunk_ready  # a read raises at once instead of waiting
+    with pytest.raises(UpstreamClosedError):
+        await upstream.read_chunk()
+    empty, _ = connection()
+    empty.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    await empty.head
+    assert empty.chunk_ready
+
+
 async def test_interim_responses_are_skipped_for_the_final_one() -> None:
     upstream, _ = connection()
     upstream.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")

@@ -8,6 +8,7 @@ import asyncio
 import orjson
 import pytest
 
+from guardproxy.proxy.errors import UpstreamClosedError
 from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
 from tests.support.factories import make_chain, make_settings
 from tests.support.mock_transport import MockResponse, MockTransport
@@ -62,6 +63,78 @@ async def test_head_and_204_carry_no_body_whatever_the_upstream_sends() -> None:
     assert written.startswith(b"HTTP/1.1 204 No Content\r\n")
     assert b"transfer-encoding" not in written
     assert written.endswith(b"\r\n\r\n")
+
+
+class ReadyResponse(MockResponse):
+    """A response whose first chunk is buffered by the time its head is handled, as a small
+    upstream answer in one packet is."""
+
+    @property
+    def chunk_ready(self) -> bool:
+        return True
+
+
+async def test_a_head_whose_first_chunk_is_at_hand_leaves_with_it_in_one_write() -> None:
+    class YieldingReadyResponse(ReadyResponse):
+        async def read_chunk(self) -> bytes:
+            # A loop turn between head and body (a guard that yields, say): a head flushed on
+            # its own at that turn would make two writes of it.
+            await asyncio.sleep(0)
+            return await super().read_chunk()
+
+    upstream = MockTransport(
+        lambda request: YieldingReadyResponse(headers=[(b"content-length", b"2")], chunks=(b"ok",))
+    )
+    chain, _ = make_chain(transport=upstream)
+    wire = Wire(chain)
+    wire.feed(GET)
+    await wire.settle()
+    (response,) = wire.responses()
+    assert (response.status, response.body) == (200, b"ok")
+    assert wire.transport.writes == 1
+
+
+async def test_a_head_whose_body_is_not_at_hand_leaves_alone_before_the_body() -> None:
+    gate = asyncio.Event()
+
+    class LateResponse(MockResponse):
+        async def read_chunk(self) -> bytes:
+            await gate.wait()
+            return await super().read_chunk()
+
+    upstream = MockTransport(lambda request: LateResponse(headers=[], chunks=(b"late",)))
+    chain, _ = make_chain(transport=upstream)
+    wire = Wire(chain)
+    wire.feed(GET)
+    for _ in range(10):  # the exchange waits for its body: let the loop turn, do not settle
+        await asyncio.sleep(0)
+    # The body is still on its way, and the client has the head already.
+    assert bytes(wire.transport.written).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert bytes(wire.transport.written).endswith(b"\r\n\r\n")
+    assert wire.transport.writes == 1
+    gate.set()
+    await wire.settle()
+    assert bytes(wire.transport.written).endswith(b"4\r\nlate\r\n0\r\n\r\n")
+    assert wire.transport.writes == 2
+
+
+async def test_a_ready_response_that_breaks_before_its_body_still_sends_its_head_then_cuts() -> None:
+    # Said to be ready, the body read fails instead: the held head must not be lost, and the
+    # connection is cut so the truncated response cannot pass for whole.
+    upstream = MockTransport(
+        lambda request: ReadyResponse(
+            headers=[(b"content-length", b"10")], chunks=(), fail_after=UpstreamClosedError("cut")
+        )
+    )
+    chain, _ = make_chain(transport=upstream)
+    wire = Wire(chain)
+    wire.feed(GET)
+    await wire.settle()
+    written = bytes(wire.transport.written)
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 10\r\n" in written
+    assert written.endswith(b"\r\n\r\n")  # the head, and nothing that claims to be the body
+    assert wire.transport.closed
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:
