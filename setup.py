@@ -55,6 +55,7 @@ COMPILED_MODULES = [
     "guardproxy/server/limits.py",
     "guardproxy/server/protocol.py",
     "guardproxy/server/refusals.py",
+    "guardproxy/server/runner.py",
     "guardproxy/proxy/connection.py",
     "guardproxy/proxy/forwarder.py",
     "guardproxy/proxy/pool.py",

@@ -82,10 +82,11 @@ class Wire:
         self.protocol.data_received(data)
 
     async def settle(self, timeout: float = 2.0) -> None:
-        """Run the loop until every exchange task of this connection has finished."""
+        """Run the loop until this connection's exchanges are all done: its runner task waits
+        for the next request, or has ended with the connection."""
         async with asyncio.timeout(timeout):
-            while self.state.tasks:
-                await asyncio.gather(*self.state.tasks, return_exceptions=True)
+            while self.protocol.runner.busy or (self.transport.closed and self.state.tasks):  # noqa: ASYNC110
+                await asyncio.sleep(0)  # a few loop turns: there is no event to wait on
             await asyncio.sleep(0)  # the held response head is flushed at the next turn
 
     def responses(self) -> list[ParsedResponse]:

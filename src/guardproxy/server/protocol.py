@@ -43,6 +43,7 @@ from guardproxy.server.exchange import Exchange
 from guardproxy.server.handoff import hold_after_upgrade, upgrade_app
 from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
 from guardproxy.server.refusals import coding_refusal, parser_detail, refused_scope
+from guardproxy.server.runner import ExchangeRunner
 
 log = structlog.get_logger(component="guardproxy.server")
 
@@ -82,7 +83,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
     ) -> None:
         self.loop = _loop or asyncio.get_event_loop()
         self.connections: set[Any] = server_state.connections
-        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self.runner = ExchangeRunner(self.loop, server_state.tasks, self)
         # What this listener serves, looked up for every request: after a reload, requests on
         # a kept-alive connection are served by the new runtime, the ones in flight by the old.
         self._site = site
@@ -133,6 +134,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        self.runner.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -294,6 +296,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         """A tunnel takes the connection over (server/handoff.py); the timer finds no transport."""
         transport, self.transport = self.transport, None
         self.connections.discard(self)
+        self.runner.stop()
         return cast(asyncio.Transport, transport), self.flow.write_paused
 
     # used by Exchange
@@ -313,7 +316,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if self._exchanges:
-            self._start(self._exchanges[0])
+            self.runner.start(self._exchanges[0])
         elif self.phase is not REFUSED:
             self.phase = IDLE
             self._waiting_since = self.loop.time()
@@ -327,15 +330,10 @@ class ProxyHttpProtocol(asyncio.Protocol):
         if len(self._exchanges) == 1:
             if self.phase is not REFUSED:
                 self.phase = BUSY
-            self._start(exchange)
+            self.runner.start(exchange)
         else:
             # Pipelined: answered in order, after the ones before it.
             self.flow.pause_reading()
-
-    def _start(self, exchange: Exchange) -> None:
-        task = self.loop.create_task(exchange.run())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def _deadline(self) -> float | None:
         phase = self.phase
