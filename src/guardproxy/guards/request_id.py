@@ -70,6 +70,10 @@ class RequestIdGuard(Guard):
         context.tracestate = tracestate if continued else b""
 
     def on_response_start(self, context: RequestContext, headers: Headers) -> None:
-        # The upstream may echo the ID (or send its own); the client gets exactly one.
-        headers[:] = [field for field in headers if field[0] != REQUEST_ID_HEADER]
+        # The upstream may echo the ID (or send its own); the client gets exactly one. Most do
+        # not: the list is rebuilt only when there is one to drop.
+        for name, _ in headers:
+            if name == REQUEST_ID_HEADER:
+                headers[:] = [field for field in headers if field[0] != REQUEST_ID_HEADER]
+                break
         headers.append((REQUEST_ID_HEADER, context.request_id.encode("ascii")))

@@ -16,7 +16,7 @@ HIGH_WATER = 256 * 1024
 
 
 class FlowControl:
-    __slots__ = ("_drain_waiter", "_loop", "_transport", "read_paused", "write_paused")
+    __slots__ = ("_drain_waiter", "_loop", "_transport", "read_paused", "ready", "write_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -24,6 +24,11 @@ class FlowControl:
         self._drain_waiter: asyncio.Future[None] | None = None
         self.write_paused = False
         self.read_paused = False
+        # A future that is already done: what a write that need not wait hands its caller to
+        # await, so it costs no coroutine of its own (awaiting it returns at once, as often
+        # as it is awaited).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.set_result(None)
 
     def attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable
 from enum import Enum
 from typing import Any, Protocol
 
@@ -246,19 +247,22 @@ class Exchange:
         connection.flow.resume_reading()
         return {"type": "http.request", "body": body, "more_body": request is RECEIVING}
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function handing back what to await: a message that need not wait for the
+        # client to read (nearly all) returns the connection's done future, no coroutine.
         if self.request is GONE or self._transport.is_closing():
             raise ClientDisconnectedError("client disconnected")
+        flow = self._connection.flow
         if self.response is NOT_STARTED:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
             self._start_response(message["status"], message.get("headers", ()), message.get("body_ready") is True)
             self._trailers = message.get("trailers") is True
-            return
+            return flow.ready
         if self.response is not STREAMING or message["type"] != "http.response.body":
             if self.response is TRAILERS and message["type"] == "http.response.trailers":
                 self._send_trailers(message)
-                return
+                return flow.ready
             raise RuntimeError(f"unexpected ASGI message {message['type']!r}")
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
@@ -271,12 +275,17 @@ class Exchange:
         if not more_body:
             if self._trailers:
                 self.response = TRAILERS  # the trailers message ends the response
-                return
-            self._finish()
-        elif self._connection.flow.write_paused:
-            await self._connection.flow.drain()
-            if self.client_disconnected:
-                raise ClientDisconnectedError("client disconnected")
+            else:
+                self._finish()
+        elif flow.write_paused:
+            return self._drain()
+        return flow.ready
+
+    async def _drain(self) -> None:
+        """Wait until the client has read enough of what was written (backpressure)."""
+        await self._connection.flow.drain()
+        if self.client_disconnected:
+            raise ClientDisconnectedError("client disconnected")
 
     # internals
 
