@@ -30,6 +30,10 @@ def compile_rule_violations(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.AsyncFunctionDef) and _yields(node):
             problems.append(f"line {node.lineno}: async generator {node.name} (mypyc cannot compile it)")
+        if isinstance(node, ast.FunctionDef) and any(
+            ast.unparse(decorator).endswith("cached_property") for decorator in node.decorator_list
+        ):
+            problems.append(f"line {node.lineno}: cached_property {node.name} (never caches on a compiled class)")
         if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
             problems.append(f"line {node.lineno}: imports under TYPE_CHECKING (compiled annotations need them)")
         if isinstance(node, ast.ClassDef):
@@ -66,6 +70,16 @@ def setup_module() -> ModuleType:
 def test_an_async_generator_is_caught_but_a_nested_generator_is_not() -> None:
     source = "async def stream():\n    yield b''\n\nasync def fine():\n    def inner():\n        yield 1\n"
     assert compile_rule_violations(source) == ["line 1: async generator stream (mypyc cannot compile it)"]
+
+
+def test_a_cached_property_is_caught_but_a_plain_property_is_not() -> None:
+    # A compiled class has no __dict__ for it to cache in: it recomputes at every use (the pool's
+    # event-loop lookup cost two getpid() system calls per request that way).
+    source = (
+        "import functools\nclass Pool:\n    @functools.cached_property\n    def loop(self): ...\n"
+        "    @property\n    def size(self): ...\n"
+    )
+    assert compile_rule_violations(source) == ["line 4: cached_property loop (never caches on a compiled class)"]
 
 
 def test_imports_under_type_checking_are_caught() -> None:
