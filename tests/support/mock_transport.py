@@ -4,6 +4,7 @@ kept, with its body, so a test can assert what reached the "upstream" byte for b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,17 @@ class MockResponse:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class GatedResponse(MockResponse):
+    """A response whose body waits until the test sets `gate` (a slow upstream)."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read_chunk(self) -> bytes:
+        await self.gate.wait()
+        return await super().read_chunk()
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from guardproxy.proxy.errors import UpstreamClosedError
 from guardproxy.server.limits import ConnectionLimits, Lifecycle, Site
 from tests.support.factories import make_chain, make_settings
-from tests.support.mock_transport import MockResponse, MockTransport
+from tests.support.mock_transport import GatedResponse, MockResponse, MockTransport
 from tests.support.wire import Wire
 
 GET = b"GET /items?page=2 HTTP/1.1\r\nHost: api.example.com\r\n\r\n"
@@ -96,13 +96,7 @@ async def test_a_head_whose_first_chunk_is_at_hand_leaves_with_it_in_one_write()
 
 async def test_a_head_whose_body_is_not_at_hand_leaves_alone_before_the_body() -> None:
     gate = asyncio.Event()
-
-    class LateResponse(MockResponse):
-        async def read_chunk(self) -> bytes:
-            await gate.wait()
-            return await super().read_chunk()
-
-    upstream = MockTransport(lambda request: LateResponse(headers=[], chunks=(b"late",)))
+    upstream = MockTransport(lambda request: GatedResponse(headers=[], chunks=(b"late",), gate=gate))
     chain, _ = make_chain(transport=upstream)
     wire = Wire(chain)
     wire.feed(GET)
@@ -261,13 +255,7 @@ async def test_draining_says_connection_close_on_the_next_response() -> None:
 
 async def test_a_client_that_leaves_mid_response_stops_the_exchange() -> None:
     gate = asyncio.Event()
-
-    class SlowResponse(MockResponse):
-        async def read_chunk(self) -> bytes:
-            await gate.wait()
-            return await super().read_chunk()
-
-    chain, _ = make_chain(transport=MockTransport(lambda request: SlowResponse(headers=[], chunks=(b"x",))))
+    chain, _ = make_chain(transport=MockTransport(lambda request: GatedResponse(headers=[], chunks=(b"x",), gate=gate)))
     wire = Wire(chain)
     wire.feed(GET)
     await asyncio.sleep(0.01)

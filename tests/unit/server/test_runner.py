@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.support.factories import make_chain
-from tests.support.mock_transport import MockResponse, MockTransport
+from tests.support.mock_transport import GatedResponse, MockResponse, MockTransport
 from tests.support.wire import Wire
 
 GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -43,13 +43,7 @@ async def test_the_task_ends_when_an_idle_connection_closes() -> None:
 
 async def test_the_task_ends_after_the_exchange_whose_client_left() -> None:
     gate = asyncio.Event()
-
-    class SlowResponse(MockResponse):
-        async def read_chunk(self) -> bytes:
-            await gate.wait()
-            return await super().read_chunk()
-
-    chain, _ = make_chain(transport=MockTransport(lambda request: SlowResponse(headers=[], chunks=(b"x",))))
+    chain, _ = make_chain(transport=MockTransport(lambda request: GatedResponse(headers=[], chunks=(b"x",), gate=gate)))
     wire = Wire(chain)
     wire.feed(GET)
     await turns()
