@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from guardproxy.outcomes import Outcome
 
@@ -16,12 +17,12 @@ from guardproxy.outcomes import Outcome
 # (setup.py).
 from guardproxy.routes import RoutePolicy
 
-CONTEXT_KEY = "guardproxy.context"
+CONTEXT_KEY: Final = "guardproxy.context"
 
 # IDs must be unique, not secret: a Mersenne Twister seeded from the OS is unique enough and
 # costs no system call per request (os.urandom would cost three).
-_random = random.Random()  # noqa: S311
-random_bits = _random.getrandbits
+_random: Final = random.Random()  # noqa: S311
+random_bits: Final = _random.getrandbits
 
 
 def new_request_id() -> str:

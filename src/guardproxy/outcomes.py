@@ -8,6 +8,7 @@ part of guardproxy's interface: rename one and every dashboard that filters on i
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class Outcome(StrEnum):
@@ -68,7 +69,7 @@ class Outcome(StrEnum):
 
 
 # Refusals a client earns by sending what it should not: each also gets an audit line of its own.
-SECURITY_OUTCOMES = frozenset(
+SECURITY_OUTCOMES: Final = frozenset(
     {
         Outcome.REFUSED_HOST,
         Outcome.METHOD_NOT_ALLOWED,
@@ -86,7 +87,7 @@ SECURITY_OUTCOMES = frozenset(
 )
 
 # The server's own refusals, before the guard chain could judge the request.
-PROTOCOL_OUTCOMES = frozenset(
+PROTOCOL_OUTCOMES: Final = frozenset(
     {
         Outcome.MALFORMED,
         Outcome.HEAD_TIMEOUT,

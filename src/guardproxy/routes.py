@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
-DEFAULT_ROUTE_NAME = "default"
+DEFAULT_ROUTE_NAME: Final = "default"
 
-_PLACEHOLDER = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_PLACEHOLDER: Final = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
 class PatternError(ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Final
 
 import orjson
 
@@ -21,16 +22,45 @@ from guardproxy.observability.access_log import Clock, redact_query
 from guardproxy.observability.sink import LogSink
 from guardproxy.outcomes import SECURITY_OUTCOMES
 
-_NEWLINE = orjson.OPT_APPEND_NEWLINE
-_dumps = orjson.dumps  # bound once: it runs for every request
+_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
+_dumps: Final = orjson.dumps  # bound once: it runs for every request
+# The line's fields, in their order.
+_FIELDS: Final[tuple[str, ...]] = (
+    "timestamp",
+    "level",
+    "event",
+    "request_id",
+    "trace_id",
+    "client",
+    "method",
+    "route",
+    "path",
+    "query",
+    "status",
+    "outcome",
+    "request_bytes",
+    "response_bytes",
+    "duration_ms",
+    "upstream_ms",
+    "attempts",
+    "endpoint",
+    "user_agent",
+    "subject",
+)
 
 
 class AccessLogGuard(Guard):
     def __init__(self, *, sink: LogSink, redact_query_params: Iterable[str]) -> None:
-        self.sink = sink
-        self._write = sink.write  # bound once: this runs for every request
+        self.sink = sink  # a native class in the compiled build: its write is a direct C call
         self.sensitive = frozenset(name.lower().encode("latin-1") for name in redact_query_params)
         self.clock = Clock()
+        # One record, its values replaced for each request: storing 18 values into a dict that
+        # exists costs about a third of building and freeing a new one. Safe because on_complete
+        # runs on the event loop and does not wait; the keys keep their order, and so the line
+        # its shape.
+        self._record: dict[str, object] = dict.fromkeys(_FIELDS)
+        self._record["level"] = "info"
+        self._record["event"] = "request"
 
     async def aclose(self) -> None:
         # The chain closes its guards at a reload too, while the process's sink keeps serving the
@@ -46,33 +76,31 @@ class AccessLogGuard(Guard):
                 break
         query = scope["query_string"]
         timestamp = self.clock.now()
-        record = {
-            "timestamp": timestamp,
-            "level": "info",
-            "event": "request",
-            "request_id": context.request_id,
-            "trace_id": context.traceparent[3:35].decode(),  # hex digits; the default codec is the fast one
-            "client": context.client_host,
-            "method": scope["method"],
-            "route": context.route.name,
-            "path": scope["path"],
-            "query": redact_query(query, self.sensitive) if query else "",
-            "status": context.status,
-            "outcome": context.outcome,
-            "request_bytes": context.request_bytes,
-            "response_bytes": context.response_bytes,
-            # Whole microseconds, in milliseconds: int() is cheaper than round(x, 3) per request.
-            "duration_ms": int((time.perf_counter() - context.started_at) * 1_000_000) / 1000,
-            "upstream_ms": int(context.upstream_seconds * 1_000_000) / 1000 if context.upstream_seconds else None,
-            "attempts": context.upstream_attempts,
-            "endpoint": context.upstream_endpoint or None,
-            "user_agent": user_agent,
-            "subject": context.subject,
-        }
-        self._write(_dumps(record, option=_NEWLINE))
+        upstream_seconds = context.upstream_seconds
+        record = self._record
+        record["timestamp"] = timestamp
+        record["request_id"] = context.request_id
+        record["trace_id"] = context.traceparent[3:35].decode()  # hex digits; the default codec is the fast one
+        record["client"] = context.client_host
+        record["method"] = scope["method"]
+        record["route"] = context.route.name
+        record["path"] = scope["path"]
+        record["query"] = redact_query(query, self.sensitive) if query else ""
+        record["status"] = context.status
+        record["outcome"] = context.outcome
+        record["request_bytes"] = context.request_bytes
+        record["response_bytes"] = context.response_bytes
+        # Whole microseconds, in milliseconds: int() is cheaper than round(x, 3) per request.
+        record["duration_ms"] = int((time.perf_counter() - context.started_at) * 1_000_000) / 1000
+        record["upstream_ms"] = int(upstream_seconds * 1_000_000) / 1000 if upstream_seconds else None
+        record["attempts"] = context.upstream_attempts
+        record["endpoint"] = context.upstream_endpoint or None
+        record["user_agent"] = user_agent
+        record["subject"] = context.subject
+        self.sink.write(_dumps(record, option=_NEWLINE))
         if context.outcome in SECURITY_OUTCOMES:
-            self._write(
-                orjson.dumps(
+            self.sink.write(
+                _dumps(
                     {
                         "timestamp": timestamp,
                         "level": "warning",
@@ -85,6 +113,6 @@ class AccessLogGuard(Guard):
                         "path": scope["path"],
                         "status": context.status,
                     },
-                    option=orjson.OPT_APPEND_NEWLINE,
+                    option=_NEWLINE,
                 )
             )

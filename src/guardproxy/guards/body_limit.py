@@ -7,6 +7,8 @@ passes the limit: the upstream sees its request end unfinished, never a complete
 
 from __future__ import annotations
 
+from typing import Final
+
 from guardproxy import problems
 from guardproxy.answer import Answer, RefusedError
 from guardproxy.asgi import Message, Receive, Scope
@@ -14,7 +16,7 @@ from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
-_DETAIL = "The request body is larger than this endpoint accepts."
+_DETAIL: Final = "The request body is larger than this endpoint accepts."
 
 
 class BodyLimitGuard(Guard):

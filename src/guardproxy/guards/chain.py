@@ -27,6 +27,7 @@ than the forwarding itself. Guards that must see body bytes (limits, compression
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final
 
 import structlog
 from mypy_extensions import mypyc_attr
@@ -38,7 +39,7 @@ from guardproxy.context import CONTEXT_KEY, RequestContext, new_request_id
 from guardproxy.outcomes import Outcome
 from guardproxy.routes import RouteTable
 
-log = structlog.get_logger(component="guardproxy.chain")
+log: Final = structlog.get_logger(component="guardproxy.chain")
 
 
 # Guards outside the compiled build (setup.py) subclass it too.

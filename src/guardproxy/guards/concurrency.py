@@ -4,6 +4,8 @@ costing everyone a queue."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from guardproxy import problems
 from guardproxy.answer import Answer
 from guardproxy.asgi import Scope
@@ -11,7 +13,7 @@ from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
-_RETRY_AFTER = [(b"retry-after", b"1")]
+_RETRY_AFTER: Final = [(b"retry-after", b"1")]
 
 
 class ConcurrencyGuard(Guard):

@@ -16,6 +16,7 @@ forwarded. The traps avoided:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from guardproxy import problems
 from guardproxy.answer import Answer
@@ -26,7 +27,7 @@ from guardproxy.http1.fields import merge_vary
 from guardproxy.origins import SERIALIZED_ORIGIN, compile_origin_pattern
 from guardproxy.outcomes import Outcome
 
-_VARY = b"origin"
+_VARY: Final = b"origin"
 
 
 class CorsPolicy:

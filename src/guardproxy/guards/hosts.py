@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from guardproxy import problems
 from guardproxy.answer import Answer
@@ -13,7 +14,7 @@ from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
-_VALID_HOST = re.compile(rb"[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\]")
+_VALID_HOST: Final = re.compile(rb"[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\]")
 
 
 def split_port(host: bytes) -> bytes:

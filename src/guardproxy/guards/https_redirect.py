@@ -9,6 +9,7 @@ would let anyone aim the redirect (and any cache that stores it) elsewhere.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from guardproxy.answer import Answer
 from guardproxy.asgi import Scope
@@ -18,7 +19,7 @@ from guardproxy.guards.hosts import split_port
 from guardproxy.outcomes import Outcome
 from guardproxy.routes import compile_path_pattern
 
-_SAFE_METHODS = frozenset({"GET", "HEAD"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 def redirect_status(configured: int, method: str) -> int:

@@ -17,6 +17,7 @@ Methods are case-sensitive (RFC 9110 §9.1); llhttp only parses registered ones,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from guardproxy import problems
 from guardproxy.answer import Answer
@@ -26,8 +27,8 @@ from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
 # RFC 9110 §9.3 (TRACE and CONNECT aside) and RFC 5789 PATCH.
-STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-ALWAYS_REFUSED = frozenset({"CONNECT"})
+STANDARD_METHODS: Final[tuple[str, ...]] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ALWAYS_REFUSED: Final = frozenset({"CONNECT"})
 
 
 def _allow(methods: Iterable[str]) -> bytes:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 
 from guardproxy.asgi import Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.observability.metrics import MetricSources
-from guardproxy.observability.tally import DURATION_BUCKETS, KNOWN_METHODS, STATUS_CLASSES, RouteTally
+from guardproxy.observability.tally import KNOWN_METHODS, STATUS_CLASSES, RouteTally, bucket
 
 
 class MetricsGuard(Guard):
@@ -38,12 +37,11 @@ class MetricsGuard(Guard):
         requests = tally.requests
         requests[key] = requests.get(key, 0) + 1
         elapsed = time.perf_counter() - context.started_at
-        # bisect_left finds the first bound >= the value: Prometheus' `le` buckets.
-        tally.duration[bisect_left(DURATION_BUCKETS, elapsed)] += 1
+        tally.duration[bucket(elapsed)] += 1
         tally.duration_sum += elapsed
         upstream = context.upstream_seconds
         if upstream:
-            tally.upstream[bisect_left(DURATION_BUCKETS, upstream)] += 1
+            tally.upstream[bucket(upstream)] += 1
             tally.upstream_sum += upstream
         tally.request_bytes += context.request_bytes
         tally.response_bytes += context.response_bytes

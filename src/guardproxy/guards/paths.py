@@ -8,6 +8,7 @@ safe default is to refuse any path that could mean "go up" to anyone.
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from guardproxy import problems
@@ -18,11 +19,11 @@ from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
 # After one round of percent-decoding: a "." or ".." segment, with "/" or "\" as separators.
-_TRAVERSAL = re.compile(rb"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
+_TRAVERSAL: Final = re.compile(rb"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
 # What every path is screened for first: a dot, an escape or a backslash. One search, not three
 # `in` tests: bytes.__contains__ first tries its argument as an integer and formats (then
 # clears) a TypeError for every bytes argument, ~2k instructions each (callgrind).
-_WORTH_A_LOOK = re.compile(rb"[.%\\]")
+_WORTH_A_LOOK: Final = re.compile(rb"[.%\\]")
 
 
 def is_suspicious_path(raw_path: bytes) -> bool:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import re
 from binascii import hexlify
+from typing import Final
 
 from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext, new_request_id, random_bits
 from guardproxy.guards.chain import Guard
 
-REQUEST_ID_HEADER = b"x-request-id"
-_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_HEADER: Final = b"x-request-id"
+_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # version, a 32-hex trace id, a 16-hex parent id and 2 hex flags, lower case only; versions
 # after 00 may append fields.
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_ZERO_TRACE_ID = b"0" * 32
-_ZERO_SPAN_ID = b"0" * 16
+_TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE_ID: Final = b"0" * 32
+_ZERO_SPAN_ID: Final = b"0" * 16
 
 
 def continue_trace(traceparent: bytes | None) -> tuple[bytes, bool]:

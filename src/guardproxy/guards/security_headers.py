@@ -16,18 +16,19 @@ response for a heuristic lifetime of its own choosing (RFC 9111 §4.2.2).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from guardproxy.asgi import Headers
 from guardproxy.config import SecurityHeadersSettings
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 
-_PERMISSIONS = (
+_PERMISSIONS: Final = (
     "accelerometer=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), magnetometer=(), "
     "microphone=(), payment=(), usb=()"
 )
 
-PRESETS: dict[str, dict[str, str]] = {
+PRESETS: Final[dict[str, dict[str, str]]] = {
     "api": {
         "content-security-policy": "default-src 'none'; frame-ancestors 'none'; form-action 'none'",
         "x-content-type-options": "nosniff",
@@ -61,15 +62,15 @@ PRESETS: dict[str, dict[str, str]] = {
 # No current browser has an auditor left to turn off, and REDbot warns about the field whatever
 # its value. So the api preset does not add it (CSP default-src 'none' is on every response), but
 # an upstream's `1` or `1; mode=block` becomes `0`, so a legacy browser's auditor stays off.
-NEUTRALISED: dict[str, dict[str, str]] = {
+NEUTRALISED: Final[dict[str, dict[str, str]]] = {
     "api": {"x-xss-protection": "0"},
     "web": {"x-xss-protection": "0"},
     "none": {},
 }
 
-HSTS = b"strict-transport-security"
-CACHE_CONTROL = b"cache-control"
-_NOT_MODIFIED = 304
+HSTS: Final = b"strict-transport-security"
+CACHE_CONTROL: Final = b"cache-control"
+_NOT_MODIFIED: Final = 304
 
 
 def hsts_value(max_age: int, *, include_subdomains: bool, preload: bool) -> bytes:

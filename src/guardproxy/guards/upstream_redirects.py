@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import Final
 from urllib.parse import urlsplit
 
 from guardproxy.asgi import Headers
@@ -34,19 +35,19 @@ from guardproxy.guards.chain import Guard
 from guardproxy.guards.hosts import split_port
 from guardproxy.outcomes import Outcome
 
-_OK = Outcome.OK
-_DEFAULT_PORTS = {b"http": 80, b"https": 443}
-_REFERENCE_FIELDS = frozenset({b"location", b"content-location"})
-_REFRESH = b"refresh"
-_SET_COOKIE = b"set-cookie"
+_OK: Final = Outcome.OK
+_DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+_REFERENCE_FIELDS: Final = frozenset({b"location", b"content-location"})
+_REFRESH: Final = b"refresh"
+_SET_COOKIE: Final = b"set-cookie"
 # scheme "://" authority, or "//" authority (a network-path reference); the rest follows.
-_ABSOLUTE = re.compile(rb"(?:([A-Za-z][A-Za-z0-9+.-]*):)?//([^/?#]*)")
-_HOST = re.compile(rb"[a-z0-9._~%!$&'()*+,;=-]+|\[[0-9a-f:.]{2,45}\]")
+_ABSOLUTE: Final = re.compile(rb"(?:([A-Za-z][A-Za-z0-9+.-]*):)?//([^/?#]*)")
+_HOST: Final = re.compile(rb"[a-z0-9._~%!$&'()*+,;=-]+|\[[0-9a-f:.]{2,45}\]")
 # What a Host may be for guardproxy to build an origin from it: a name or an IP literal, a port.
-_PUBLIC_AUTHORITY = re.compile(rb"(?:[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?")
+_PUBLIC_AUTHORITY: Final = re.compile(rb"(?:[a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?")
 # Refresh: a delay, then optionally `;` or `,`, `url=` and the URL, perhaps quoted (HTML's
 # "shared declarative refresh steps", which browsers follow for the header too).
-_REFRESH_PREFIX = re.compile(rb"\s*[0-9]+(?:\.[0-9]*)?\s*[;,]?\s*(?:[Uu][Rr][Ll]\s*=\s*)?")
+_REFRESH_PREFIX: Final = re.compile(rb"\s*[0-9]+(?:\.[0-9]*)?\s*[;,]?\s*(?:[Uu][Rr][Ll]\s*=\s*)?")
 
 Origin = tuple[bytes, bytes, int]
 

@@ -6,9 +6,11 @@ header names, in both directions. §7.6.3: it adds `Via`.
 
 from __future__ import annotations
 
+from typing import Final
+
 from guardproxy.asgi import Headers
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -22,7 +24,7 @@ HOP_BY_HOP = frozenset(
 
 # Fields guardproxy decides itself for the upstream; whatever the client sent under these names
 # is dropped. `expect` because guardproxy answers 100-continue on its own side.
-REWRITTEN_REQUEST_FIELDS = frozenset(
+REWRITTEN_REQUEST_FIELDS: Final = frozenset(
     {
         b"host",
         b"x-forwarded-for",
@@ -44,7 +46,7 @@ REWRITTEN_REQUEST_FIELDS = frozenset(
 # all (trusted_proxies.untrusted_strip) and then sets the ones guardproxy vouches for itself.
 # A trailing `*` matches every name with that prefix: the whole X-Forwarded-* family, whatever
 # an app reads from it (Port, Prefix, Server, Ssl, Uri, User, Email, Client-Cert, ...).
-CLIENT_CLAIM_FIELDS = (
+CLIENT_CLAIM_FIELDS: Final[tuple[str, ...]] = (
     "x-forwarded-*",
     "forwarded",
     "x-real-ip",
@@ -82,10 +84,10 @@ CLIENT_CLAIM_FIELDS = (
     "x-original-method",
 )
 
-VIA = b"1.1 guardproxy"
-_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close", b""}
+VIA: Final = b"1.1 guardproxy"
+_CONNECTION_OPTIONS: Final = HOP_BY_HOP | {b"close", b""}
 # The usual values, which name no field to remove.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 
 def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
@@ -120,7 +122,7 @@ def strip_response_headers(headers: Headers, status: int) -> Headers:
 
 # 204 has no content at all; a 304's Content-Length describes a body it does not carry, and
 # relaying it would make the client wait for bytes that never come.
-_DROPPED_RESPONSE_FIELDS = (HOP_BY_HOP, HOP_BY_HOP | {b"content-length"})
+_DROPPED_RESPONSE_FIELDS: Final[tuple[frozenset[bytes], ...]] = (HOP_BY_HOP, HOP_BY_HOP | {b"content-length"})
 
 
 def merge_vary(headers: Headers, field: bytes) -> None:
@@ -139,7 +141,7 @@ def merge_vary(headers: Headers, field: bytes) -> None:
 # one is not honoured, and a client that merges trailers into the header section (§6.5.2 says
 # it must not, some do) would be misled: framing, routing, request modifiers, authentication,
 # response controls, content format, cookies, and the security fields guardproxy decides.
-FORBIDDEN_TRAILER_FIELDS = HOP_BY_HOP | frozenset(
+FORBIDDEN_TRAILER_FIELDS: Final = HOP_BY_HOP | frozenset(
     {
         b"content-length",
         b"content-encoding",

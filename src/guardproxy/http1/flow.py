@@ -10,9 +10,10 @@ consumer has taken what was waiting, so a slow consumer stops the socket being r
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 # Bytes received but not yet handed on, past which the socket stops being read.
-HIGH_WATER = 256 * 1024
+HIGH_WATER: Final = 256 * 1024
 
 
 class FlowControl:

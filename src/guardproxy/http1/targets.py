@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Final
 
 from guardproxy import problems
 from guardproxy.answer import RefusedError
@@ -39,14 +39,14 @@ from guardproxy.outcomes import Outcome
 
 # RFC 3986 §3.2.2: reg-name = *( unreserved / pct-encoded / sub-delims ); IPv4 addresses are
 # reg-names too as far as syntax goes. A `%` is checked for two hex digits separately.
-_HOST = re.compile(rb"(?:\[([0-9A-Fa-f:.]{2,45})\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::([0-9]{1,5}))?")
-_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_OWS = b" \t"
+_HOST: Final = re.compile(rb"(?:\[([0-9A-Fa-f:.]{2,45})\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::([0-9]{1,5}))?")
+_BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_OWS: Final = b" \t"
 # Host values already found valid: a service sees a handful, so the usual request costs one set
 # lookup. Bounded, so a client sending endless distinct hosts only makes them cost a regex.
-VALID_HOSTS: set[bytes] = set()
-VALID_HOSTS_MAX = 1024
-_HTTP_SCHEMES = frozenset({b"http", b"https"})
+VALID_HOSTS: Final[set[bytes]] = set()
+VALID_HOSTS_MAX: Final = 1024
+_HTTP_SCHEMES: Final = frozenset({b"http", b"https"})
 
 
 def valid_host(value: bytes) -> bool:

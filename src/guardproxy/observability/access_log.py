@@ -8,8 +8,9 @@ query parameters (token, password, ...) are replaced before the query reaches th
 from __future__ import annotations
 
 import time
+from typing import Final
 
-REDACTED = b"[REDACTED]"
+REDACTED: Final = b"[REDACTED]"
 
 
 def redact_query(query: bytes, sensitive: frozenset[bytes]) -> str:
@@ -42,5 +43,5 @@ class Clock:
             self._second_ns = second * 1_000_000_000
             self._next_ns = self._second_ns + 1_000_000_000
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        # Zero-padded to six digits; about a third cheaper than a format spec, per request.
-        return self._prefix + str(1_000_000 + (ns - self._second_ns) // 1000)[1:] + "Z"
+        # Zero-padded to six digits, cheaper than a format spec; one f-string, one new str.
+        return f"{self._prefix}{str(1_000_000 + (ns - self._second_ns) // 1000)[1:]}Z"

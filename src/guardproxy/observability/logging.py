@@ -26,6 +26,16 @@ def log_sink() -> LogSink:
     return _sink
 
 
+class StructlogFile:
+    """The sink as structlog's BytesLogger takes its file: structlog keeps a lock per file in a
+    weak dictionary, and the sink, a native class in the compiled build, cannot be weakly
+    referenced."""
+
+    def __init__(self, sink: LogSink) -> None:
+        self.write = sink.write
+        self.flush = sink.flush
+
+
 def _as_bytes(_: Any, __: str, event: str | bytes) -> bytes:
     return event.encode("utf-8", "replace") if isinstance(event, str) else event
 
@@ -120,7 +130,7 @@ def configure_logging(settings: LoggingSettings) -> LogSink:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer, _as_bytes],  # type: ignore[list-item]
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(sink),  # type: ignore[arg-type]
+        logger_factory=structlog.BytesLoggerFactory(StructlogFile(sink)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     handler = _SinkHandler(sink)

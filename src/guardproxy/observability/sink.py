@@ -45,20 +45,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-
-from mypy_extensions import mypyc_attr
+from typing import Final
 
 # Like nginx's `access_log ... buffer=64k`: one write per 64 KiB to a file. To a pipe, PIPE_BUF
 # blocks decide the number of writes, so this only bounds how long lines wait under load.
-BUFFER_SIZE = 64 * 1024
+BUFFER_SIZE: Final = 64 * 1024
 # nginx's usual `flush=1s`, shorter: at most a handful of timer callbacks a second, and only
 # while lines wait, so nothing measurable, and `docker logs -f` stays close to live.
-FLUSH_INTERVAL = 0.2
+FLUSH_INTERVAL: Final = 0.2
 # How much a stalled consumer may leave behind before lines are dropped: about two seconds of
 # access log at 5,000 requests a second.
-MAX_BUFFER = 4 * 1024 * 1024
-_ATOMIC = select.PIPE_BUF
-_WHOLE = 1 << 62  # a regular file takes whatever is buffered in one write
+MAX_BUFFER: Final = 4 * 1024 * 1024
+_ATOMIC: Final = select.PIPE_BUF
+_WHOLE: Final = 1 << 62  # a regular file takes whatever is buffered in one write
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,6 @@ def _send_nowait(sock: socket.socket, data: memoryview) -> int:
     return sock.send(data, socket.MSG_DONTWAIT)
 
 
-# structlog holds the file it writes to by a weak reference, which a native class of the compiled
-# build (setup.py) cannot give: a plain class whose methods are still compiled.
-@mypyc_attr(native_class=False)
 class LogSink:
     """A process's log output. `write` takes one line ending in a newline; safe from any
     thread, never blocks."""
@@ -141,6 +137,9 @@ class LogSink:
         self._start = 0
         self._end = 0
         self._lock = threading.Lock()
+        # Bound once: a method looked up on the lock at every line costs more than the copy.
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._watching: asyncio.AbstractEventLoop | None = None  # waiting for the consumer to read
@@ -152,8 +151,7 @@ class LogSink:
         return self._end - self._start
 
     def write(self, line: bytes) -> None:
-        lock = self._lock
-        lock.acquire()  # not `with`: that makes two bound methods per line
+        self._acquire()  # not `with`: that looks up two methods per line
         try:
             end = self._end + len(line)
             if end > self._room:
@@ -169,7 +167,7 @@ class LogSink:
             elif self._timer is None and self._watching is None:
                 self._arm()
         finally:
-            lock.release()
+            self._release()
 
     def flush(self) -> None:
         """Write what is buffered now, as far as the consumer takes it without waiting.

@@ -4,11 +4,41 @@ so does the flush, so no lock is needed."""
 
 from __future__ import annotations
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+from typing import Final
+
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # From a cached response (1 ms) to a slow report (60 s): API latencies, not page loads.
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 # A response that never started (status 0) counts as a server error.
-STATUS_CLASSES = {status: f"{status // 100}xx" for status in range(100, 600)}
+STATUS_CLASSES: Final = {status: f"{status // 100}xx" for status in range(100, 600)}
+
+
+def bucket(seconds: float) -> int:
+    """The index of the first bound >= seconds (Prometheus' `le` buckets), len(DURATION_BUCKETS)
+    for +Inf. A loop from the smallest bound, not bisect: most requests end in the first few
+    buckets, and compiled, each step is a comparison of two C doubles."""
+    index = 0
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            return index
+        index += 1
+    return index
 
 
 class RouteTally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Final
 
 
 class BreakerState(StrEnum):
@@ -27,9 +28,9 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-_CLOSED = BreakerState.CLOSED
-_OPEN = BreakerState.OPEN
-_HALF_OPEN = BreakerState.HALF_OPEN
+_CLOSED: Final = BreakerState.CLOSED
+_OPEN: Final = BreakerState.OPEN
+_HALF_OPEN: Final = BreakerState.HALF_OPEN
 
 
 class SlidingCounts:

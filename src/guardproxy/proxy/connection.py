@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -40,11 +40,12 @@ from guardproxy.proxy.errors import (
 )
 from guardproxy.proxy.tunnel import TunnelEnd
 
-_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+# Of a fixed length, so that `in` compiles to two comparisons.
+_FRAMING_FIELDS: Final = (b"content-length", b"transfer-encoding")
 # Generous: real response heads are a few hundred bytes; these only stop an upstream from making
 # guardproxy buffer without bound (upstream.max_response_head_bytes / _header_fields).
-DEFAULT_MAX_HEAD_BYTES = 64 * 1024
-DEFAULT_MAX_HEADER_FIELDS = 200
+DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
+DEFAULT_MAX_HEADER_FIELDS: Final = 200
 
 
 def _size(fields: Headers) -> int:

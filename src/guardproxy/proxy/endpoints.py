@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -24,14 +24,14 @@ from guardproxy.asgi import Headers
 from guardproxy.proxy.breaker import BreakerState, CircuitBreaker
 from guardproxy.proxy.transport import UpstreamResponse, UpstreamTransport
 
-log = structlog.get_logger(component="guardproxy.proxy")
+log: Final = structlog.get_logger(component="guardproxy.proxy")
 
-_CLOSED = BreakerState.CLOSED
+_CLOSED: Final = BreakerState.CLOSED
 # Statuses that say the upstream instance (not the request) is the problem.
-FAILURE_STATUSES = frozenset({502, 503, 504})
+FAILURE_STATUSES: Final = frozenset({502, 503, 504})
 # The longest an upstream's Retry-After holds an endpoint back: a typo upstream must not take
 # an instance out for a day.
-MAX_HOLD = 60.0
+MAX_HOLD: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)

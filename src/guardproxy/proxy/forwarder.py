@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Iterable
+from typing import Final
 
 import structlog
 
@@ -41,11 +42,13 @@ from guardproxy.proxy.errors import (
 )
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamTransport
 
-log = structlog.get_logger(component="guardproxy.proxy")
+log: Final = structlog.get_logger(component="guardproxy.proxy")
 
-_DROPPED_REQUEST_FIELDS = HOP_BY_HOP | REWRITTEN_REQUEST_FIELDS
-_SCHEMES = {"http": b"http", "https": b"https"}
-_METHODS = {method: method.encode("ascii") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_DROPPED_REQUEST_FIELDS: Final = HOP_BY_HOP | REWRITTEN_REQUEST_FIELDS
+_SCHEMES: Final = {"http": b"http", "https": b"https"}
+_METHODS: Final = {
+    method: method.encode("ascii") for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class ClientDisconnectedError(Exception):
@@ -270,7 +273,7 @@ class Forwarder:
 
 
 # The X-Forwarded-Port field by listener port: built once, not per request.
-_PORT_FIELDS: dict[int, tuple[bytes, bytes]] = {}
+_PORT_FIELDS: Final[dict[int, tuple[bytes, bytes]]] = {}
 
 
 def _port_field(port: int) -> tuple[bytes, bytes]:

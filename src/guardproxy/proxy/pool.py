@@ -16,7 +16,7 @@ import ssl
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from guardproxy.asgi import Headers
 from guardproxy.http1 import framing
@@ -33,8 +33,8 @@ from guardproxy.proxy.tunnel import TunnelEnd
 
 # How often stalled exchanges and expired idle connections are looked for: the precision of the
 # upstream timeouts.
-_TICK = 0.1
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_TICK: Final = 0.1
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 @dataclass(frozen=True, slots=True)

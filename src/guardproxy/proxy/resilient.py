@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -25,7 +25,7 @@ from guardproxy.proxy.errors import NoEndpointError, PoolExhaustedError, Upstrea
 from guardproxy.proxy.retry import ReplayBody, RetryBudget, RetryPolicy, backoff_delay, may_retry
 from guardproxy.proxy.transport import UpstreamRequest, UpstreamResponse
 
-_CLOSED = BreakerState.CLOSED
+_CLOSED: Final = BreakerState.CLOSED
 
 
 # Open to subclasses outside the compiled build (observability/upstream.py, tests).

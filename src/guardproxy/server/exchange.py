@@ -18,7 +18,7 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -42,7 +42,7 @@ from guardproxy.outcomes import Outcome
 from guardproxy.server.disconnect import ClientDisconnectedError
 from guardproxy.server.limits import Handler, Lifecycle
 
-log = structlog.get_logger(component="guardproxy.server")
+log: Final = structlog.get_logger(component="guardproxy.server")
 
 
 class RequestState(Enum):
@@ -62,9 +62,17 @@ class ResponseState(Enum):
 
 # The members as module constants: on CPython 3.11 `RequestState.GONE` costs ~130 ns (the enum
 # metaclass' attribute lookup), a global ~12 ns, and the hot path checks states a dozen times
-# per request (measured: +32k instructions per request with class attributes).
-RECEIVING, COMPLETE, REFUSED, GONE = RequestState
-NOT_STARTED, STREAMING, TRAILERS, RESPONSE_COMPLETE, ABORTED = ResponseState
+# per request (measured: +32k instructions per request with class attributes). Final, so the
+# compiled build reads them from C statics, not the module's dict.
+RECEIVING: Final = RequestState.RECEIVING
+COMPLETE: Final = RequestState.COMPLETE
+REFUSED: Final = RequestState.REFUSED
+GONE: Final = RequestState.GONE
+NOT_STARTED: Final = ResponseState.NOT_STARTED
+STREAMING: Final = ResponseState.STREAMING
+TRAILERS: Final = ResponseState.TRAILERS
+RESPONSE_COMPLETE: Final = ResponseState.COMPLETE
+ABORTED: Final = ResponseState.ABORTED
 
 
 class Connection(Protocol):

@@ -26,11 +26,10 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
 import httptools
-import structlog
 import uvicorn
 
 from guardproxy import problems
@@ -45,10 +44,8 @@ from guardproxy.server.limits import ConnectionLimits, Handler, Lifecycle, Site
 from guardproxy.server.refusals import coding_refusal, parser_detail, refused_scope
 from guardproxy.server.runner import ExchangeRunner
 
-log = structlog.get_logger(component="guardproxy.server")
-
 # The usual methods as str without a decode per request; any other is decoded as it comes.
-_METHODS = {method.encode("ascii"): method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_METHODS: Final = {name.encode("ascii"): name for name in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _RequestRefused(Exception):
@@ -64,8 +61,11 @@ class Phase(Enum):
     REFUSED = "refused"  # a request was refused: nothing more is read from this connection
 
 
-# As module constants: an enum member read through its class costs ~10x a global on CPython 3.11.
-HEAD_DUE, IDLE, BUSY, REFUSED = Phase
+# As module constants (Final: C statics when compiled), ~10x cheaper than a member read on its class.
+HEAD_DUE: Final = Phase.HEAD
+IDLE: Final = Phase.IDLE
+BUSY: Final = Phase.BUSY
+REFUSED: Final = Phase.REFUSED
 
 
 class ProxyHttpProtocol(asyncio.Protocol):

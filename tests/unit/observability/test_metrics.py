@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardproxy.context import RequestContext
 from guardproxy.guards.metrics import MetricsGuard
 from guardproxy.observability.metrics import ProxyMetrics
-from guardproxy.observability.tally import DURATION_BUCKETS
+from guardproxy.observability.tally import DURATION_BUCKETS, bucket
 from guardproxy.outcomes import PROTOCOL_OUTCOMES, Outcome
 from guardproxy.routes import RoutePolicy
 
@@ -135,6 +135,15 @@ def test_flushed_histograms_equal_observed_ones(values: list[float]) -> None:
     for key in sums:
         assert ours.pop(key) == pytest.approx(expected.pop(key))
     assert ours == expected
+
+
+def test_a_value_goes_to_the_first_bucket_whose_bound_it_does_not_exceed() -> None:
+    # Prometheus' `le`: a value on a bound belongs to it; past the last bound is +Inf.
+    for index, bound in enumerate(DURATION_BUCKETS):
+        assert bucket(bound) == index
+        assert bucket(bound * 1.0001) == index + 1
+    assert bucket(0.0) == 0
+    assert bucket(float("inf")) == len(DURATION_BUCKETS)
 
 
 def test_requests_without_an_upstream_answer_add_no_upstream_observation(metrics: ProxyMetrics) -> None:

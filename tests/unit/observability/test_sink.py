@@ -21,6 +21,7 @@ import pytest
 import structlog
 
 from guardproxy.observability.access_log import redact_query
+from guardproxy.observability.logging import StructlogFile
 from guardproxy.observability.sink import LogSink
 
 
@@ -464,11 +465,12 @@ async def test_settle_gives_nothing_up_when_the_consumer_is_behind(pipe: tuple[i
 
 
 def test_structlog_can_write_to_the_sink(pipe: tuple[int, int]) -> None:
-    # structlog keeps a lock per file in a WeakKeyDictionary: a sink that cannot be weakly
-    # referenced (a native class of the compiled build) fails every logger at its first line.
+    # structlog keeps a lock per file in a WeakKeyDictionary: the sink, a native class of the
+    # compiled build that cannot be weakly referenced, is handed to it in an adapter that can.
     sink = LogSink(pipe[1])
-    assert weakref.ref(sink)() is sink
-    logger = structlog.BytesLoggerFactory(sink)()  # type: ignore[arg-type]
+    file = StructlogFile(sink)
+    assert weakref.ref(file)() is file
+    logger = structlog.BytesLoggerFactory(file)()  # type: ignore[arg-type]
     logger.msg(b"a line")
     sink.flush()
     assert os.read(pipe[0], 100) == b"a line\n"

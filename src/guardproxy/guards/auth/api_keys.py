@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Final
 
-_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
-_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_DIGEST: Final = re.compile(r"[0-9a-fA-F]{64}")
 # A presented key longer than this is not compared at all.
-MAX_KEY_BYTES = 1024
+MAX_KEY_BYTES: Final = 1024
 
 
 class ApiKeyError(ValueError):

@@ -20,6 +20,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from guardproxy import problems
@@ -45,11 +46,13 @@ from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
 # Results besides the JWT ones (jwt_provider and policy), for metrics.
-BAD_KEY = "bad_key"
+BAD_KEY: Final = "bad_key"
 # Provider labels that are not JWT provider names.
-API_KEYS_LABEL, FORWARD_LABEL, NO_PROVIDER_LABEL = "api_keys", "forward", "none"
+API_KEYS_LABEL: Final = "api_keys"
+FORWARD_LABEL: Final = "forward"
+NO_PROVIDER_LABEL: Final = "none"
 # The scope key under which a decision that must wait is handed to on_request_async.
-_PENDING = "guardproxy.auth.pending"
+_PENDING: Final = "guardproxy.auth.pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ class _ForwardPending:
     __slots__ = ()
 
 
-_FORWARD_PENDING = _ForwardPending()
+_FORWARD_PENDING: Final = _ForwardPending()
 
 
 def _is_preflight(scope: Scope) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from guardproxy import problems
 from guardproxy.answer import Answer
@@ -19,7 +20,7 @@ from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_VERDICTS_PER_ROUTE = 4096
+_VERDICTS_PER_ROUTE: Final = 4096
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import binascii
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import jwt
 import orjson
@@ -22,23 +22,23 @@ from jwt import exceptions as jwt_errors
 from guardproxy.guards.auth.jwks import KeySet, RemoteKeySet
 
 # Results, for metrics and logs: a small fixed set.
-VALID = "valid"
-MISSING = "missing"
-MALFORMED = "malformed"
-EXPIRED = "expired"
-NOT_YET_VALID = "not_yet_valid"
-BAD_SIGNATURE = "bad_signature"
-BAD_AUDIENCE = "bad_audience"
-BAD_ISSUER = "bad_issuer"
-BAD_ALGORITHM = "bad_algorithm"
-UNKNOWN_KEY = "unknown_key"
-MISSING_CLAIM = "missing_claim"
-NO_KEYS = "no_keys"
-INVALID = "invalid"
+VALID: Final = "valid"
+MISSING: Final = "missing"
+MALFORMED: Final = "malformed"
+EXPIRED: Final = "expired"
+NOT_YET_VALID: Final = "not_yet_valid"
+BAD_SIGNATURE: Final = "bad_signature"
+BAD_AUDIENCE: Final = "bad_audience"
+BAD_ISSUER: Final = "bad_issuer"
+BAD_ALGORITHM: Final = "bad_algorithm"
+UNKNOWN_KEY: Final = "unknown_key"
+MISSING_CLAIM: Final = "missing_claim"
+NO_KEYS: Final = "no_keys"
+INVALID: Final = "invalid"
 
 # What the client is told (RFC 6750 §3 error_description: printable ASCII, no quote or
 # backslash). Fixed texts only: nothing from the token is echoed back.
-DESCRIPTIONS = {
+DESCRIPTIONS: Final = {
     MALFORMED: "The token is malformed",
     EXPIRED: "The token has expired",
     NOT_YET_VALID: "The token is not valid yet",
@@ -52,9 +52,9 @@ DESCRIPTIONS = {
 }
 
 # A JWT longer than this is refused unread (a header field of 8 KiB is already generous).
-MAX_TOKEN_BYTES = 8192
+MAX_TOKEN_BYTES: Final = 8192
 
-_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+_ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
     (jwt_errors.ExpiredSignatureError, EXPIRED),
     (jwt_errors.ImmatureSignatureError, NOT_YET_VALID),
     (jwt_errors.InvalidAudienceError, BAD_AUDIENCE),

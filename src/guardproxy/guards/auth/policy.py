@@ -7,18 +7,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from guardproxy.guards.auth.jwt_provider import TokenVerifier, Verified
 
 # Results besides the JWT ones (jwt_provider), for metrics.
-INSUFFICIENT_SCOPE = "insufficient_scope"
-CLAIM_MISMATCH = "claim_mismatch"
-_MAX_HEADER_VALUE = 4096
+INSUFFICIENT_SCOPE: Final = "insufficient_scope"
+CLAIM_MISMATCH: Final = "claim_mismatch"
+_MAX_HEADER_VALUE: Final = 4096
 # Bytes a claim's header value never carries as they are: controls, non-ASCII, and `%` itself.
-_UNSAFE_IN_HEADER = re.compile(rb"[^\x20-\x24\x26-\x7e]")
+_UNSAFE_IN_HEADER: Final = re.compile(rb"[^\x20-\x24\x26-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
