@@ -15,7 +15,7 @@ from typing import Final
 
 import orjson
 
-from guardproxy.asgi import Scope
+from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.observability.access_log import Clock, redact_query
@@ -70,7 +70,8 @@ class AccessLogGuard(Guard):
 
     def on_complete(self, scope: Scope, context: RequestContext) -> None:
         user_agent = ""
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == b"user-agent":
                 user_agent = value.decode("latin-1")
                 break

@@ -11,7 +11,7 @@ from typing import Final
 
 from guardproxy import problems
 from guardproxy.answer import Answer, RefusedError
-from guardproxy.asgi import Message, Receive, Scope
+from guardproxy.asgi import Headers, Message, Receive, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 from guardproxy.outcomes import Outcome
@@ -22,7 +22,8 @@ _DETAIL: Final = "The request body is larger than this endpoint accepts."
 class BodyLimitGuard(Guard):
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         limit = context.route.max_body_bytes
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == b"content-length" and int(value) > limit:
                 context.outcome = Outcome.TOO_LARGE
                 return Answer.problem(scope, problems.CONTENT_TOO_LARGE, _DETAIL)

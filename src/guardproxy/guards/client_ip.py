@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from guardproxy.asgi import Scope
+from guardproxy.asgi import Headers, Scope
 from guardproxy.context import RequestContext
 from guardproxy.guards.chain import Guard
 
@@ -64,7 +64,8 @@ class ClientAddressGuard(Guard):
         host = b""
         forwarded_for: list[bytes] = []
         forwarded_proto = forwarded_host = forwarded = b""
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == b"host":
                 host = value
             elif name == b"x-forwarded-for":

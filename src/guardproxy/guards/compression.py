@@ -182,7 +182,8 @@ class CompressionGuard(Guard):
             return send
         accept = ""
         validators = b""
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == b"accept-encoding":
                 accept = value.decode("latin-1") if not accept else accept + "," + value.decode("latin-1")
             elif name == b"if-none-match":

@@ -108,7 +108,8 @@ class CorsGuard(Guard):
             return None
         origins = []
         request_method = request_headers = None
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == b"origin":
                 origins.append(value)
             elif name == b"access-control-request-method":

@@ -53,7 +53,8 @@ class RequestIdGuard(Guard):
         incoming_ids = []
         traceparents = []
         tracestate = b""
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == REQUEST_ID_HEADER:
                 incoming_ids.append(value)
             elif name == b"traceparent":

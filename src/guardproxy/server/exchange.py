@@ -24,7 +24,7 @@ import structlog
 
 from guardproxy import problems
 from guardproxy.answer import RefusedError
-from guardproxy.asgi import Message
+from guardproxy.asgi import Headers, Message
 from guardproxy.http1.flow import FlowControl
 from guardproxy.http1.framing import (
     CHUNKED,
@@ -73,6 +73,8 @@ STREAMING: Final = ResponseState.STREAMING
 TRAILERS: Final = ResponseState.TRAILERS
 RESPONSE_COMPLETE: Final = ResponseState.COMPLETE
 ABORTED: Final = ResponseState.ABORTED
+# A response start without headers (ASGI allows leaving them out); never modified.
+_NO_FIELDS: Final[Headers] = []
 
 
 class Connection(Protocol):
@@ -264,7 +266,9 @@ class Exchange:
         if self.response is NOT_STARTED:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, got {message['type']!r}")
-            self._start_response(message["status"], message.get("headers", ()), message.get("body_ready") is True)
+            self._start_response(
+                message["status"], message.get("headers", _NO_FIELDS), message.get("body_ready") is True
+            )
             self._trailers = message.get("trailers") is True
             return flow.ready
         if self.response is not STREAMING or message["type"] != "http.response.body":
@@ -297,7 +301,7 @@ class Exchange:
 
     # internals
 
-    def _start_response(self, status: int, headers: Any, body_ready: bool) -> None:
+    def _start_response(self, status: int, headers: Headers, body_ready: bool) -> None:
         self.response = STREAMING
         self._expect_continue = False
         if self._connection.lifecycle.draining or self.request is not COMPLETE:

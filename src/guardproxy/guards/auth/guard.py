@@ -72,7 +72,8 @@ _FORWARD_PENDING: Final = _ForwardPending()
 def _is_preflight(scope: Scope) -> bool:
     if scope["method"] != "OPTIONS":
         return False
-    names = {name for name, _ in scope["headers"]}
+    headers: Headers = scope["headers"]
+    names = {name for name, _ in headers}
     return b"origin" in names and b"access-control-request-method" in names
 
 
@@ -142,7 +143,7 @@ class AuthGuard(Guard):
     def on_request(self, scope: Scope, context: RequestContext) -> Answer | None:
         strip = self._strip
         if strip:
-            headers = scope["headers"]
+            headers: Headers = scope["headers"]
             for name, _ in headers:
                 if name in strip:
                     scope["headers"] = [field for field in headers if field[0] not in strip]
@@ -155,7 +156,8 @@ class AuthGuard(Guard):
             if token is not None:
                 return self._check_token(scope, context, policy, token)
         if policy.api_keys:
-            for name, value in scope["headers"]:
+            fields: Headers = scope["headers"]
+            for name, value in fields:
                 if name == self._api_key_header:
                     return self._check_api_key(scope, context, policy, bytes(value))
         if policy.forward:
@@ -199,7 +201,8 @@ class AuthGuard(Guard):
         return None
 
     def _token(self, scope: Scope) -> bytes | None:
-        for name, value in scope["headers"]:
+        headers: Headers = scope["headers"]
+        for name, value in headers:
             if name == self._token_header:
                 if not self._bearer:
                     return bytes(value).strip()
@@ -209,7 +212,7 @@ class AuthGuard(Guard):
                 if scheme.lower() == b"bearer" and credentials.strip():
                     return credentials.strip()
         if self._token_cookie is not None:
-            for name, value in scope["headers"]:
+            for name, value in headers:
                 if name == b"cookie":
                     for pair in bytes(value).split(b";"):
                         cookie, sep, token = pair.strip().partition(b"=")
