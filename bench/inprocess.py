@@ -10,6 +10,7 @@ Settings come from the environment as for `guardproxy run` (GUARDPROXY_...), wit
 otherwise. The access log goes to stdout: send it to /dev/null.
 
   python bench/inprocess.py > /dev/null                         CPU µs per request (noisy)
+  python bench/inprocess.py --client-fields > /dev/null         the same with a browser's dozen fields
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect=uv_run \\
       python bench/inprocess.py --requests 2000 > /dev/null     instructions, exactly repeatable:
                                                                 "Collected" / requests
@@ -39,6 +40,20 @@ from guardproxy.server.protocol import ProxyHttpProtocol
 
 # What wrk sends, and what the benchmark's upstream answers.
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+# What a browser or an SDK sends besides (--client-fields): a dozen fields is the usual request.
+CLIENT_FIELDS = (
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: application/json, text/plain, */*\r\n"
+    b"Accept-Language: en-GB,en;q=0.7\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Origin: https://app.example.com\r\n"
+    b"Referer: https://app.example.com/orders\r\n"
+    b"Cookie: session=4f1c2a9e8b7d6c5f; theme=dark\r\n"
+    b"Sec-Fetch-Dest: empty\r\n"
+    b"Sec-Fetch-Mode: cors\r\n"
+    b"Sec-Fetch-Site: same-site\r\n"
+    b"Connection: keep-alive\r\n"
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 11:00:00 GMT\r\n"
     b"Content-Type: application/json\r\nContent-Length: 49\r\nConnection: keep-alive\r\n\r\n"
@@ -74,9 +89,10 @@ class FakeTransport(asyncio.Transport):
 class Clients:
     """Keeps every client connection busy until `total` responses have come back."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, total: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, total: int, request: bytes) -> None:
         self.loop = loop
         self.total = total
+        self.request = request
         self.sent = 0
         self.answered = 0
         self.done: asyncio.Future[None] = loop.create_future()
@@ -98,7 +114,7 @@ class Clients:
 
     def send(self, protocol: ProxyHttpProtocol) -> None:
         self.sent += 1
-        self.loop.call_soon(protocol.data_received, REQUEST)
+        self.loop.call_soon(protocol.data_received, self.request)
 
 
 class BenchLoop(uvloop.Loop):
@@ -119,6 +135,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--client-fields", action="store_true", help="requests carry a browser's dozen header fields, not wrk's one"
+    )
     options = parser.parse_args()
 
     settings = Settings(upstream={"url": "http://127.0.0.1:8000"})
@@ -133,7 +152,8 @@ def main() -> int:
         tasks: set[Any] = set()  # noqa: RUF012
 
     async def serve() -> float:
-        clients = Clients(asyncio.get_running_loop(), options.requests)
+        request = REQUEST[:-2] + CLIENT_FIELDS + b"\r\n" if options.client_fields else REQUEST
+        clients = Clients(asyncio.get_running_loop(), options.requests, request)
         started = time.process_time()
         for _ in range(options.connections):
             clients.connect(runtime, ServerState, Config)

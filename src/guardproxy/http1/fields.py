@@ -87,7 +87,7 @@ CLIENT_CLAIM_FIELDS: Final[tuple[str, ...]] = (
 VIA: Final = b"1.1 guardproxy"
 _CONNECTION_OPTIONS: Final = HOP_BY_HOP | {b"close", b""}
 # The usual values, which name no field to remove.
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 
 def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
@@ -106,7 +106,7 @@ def end_to_end(headers: Headers, drop: frozenset[bytes]) -> Headers:
                 connection.append(field[1])
         if name not in drop:
             kept.append(field)
-    if connection is not None and not (len(connection) == 1 and connection[0].lower() in _PLAIN_CONNECTION):
+    if connection is not None and not (len(connection) == 1 and connection[0].lower() in PLAIN_CONNECTION):
         named = {token.strip().lower() for value in connection for token in value.split(b",")}
         named -= _CONNECTION_OPTIONS
         if named:

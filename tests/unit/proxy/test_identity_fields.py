@@ -106,3 +106,43 @@ async def test_our_fields_are_not_doubled_when_the_family_is_not_stripped(name: 
     await call(chain, scope_with([(name, b"6.6.6.6")]))
     assert [value for key, value in upstream.sent[0].headers if key == name] != [b"6.6.6.6"]
     assert len([value for key, value in upstream.sent[0].headers if key == name]) == 1
+
+
+async def test_prefixes_with_different_first_letters_strip_only_their_families() -> None:
+    # The forwarder looks at a field's first byte before matching prefixes: a field that shares
+    # it without sharing the prefix is passed on.
+    settings = make_settings(trusted_proxies={"untrusted_strip": ["x-tenant-*", "acme-*"]})
+    chain, upstream = make_chain(settings)
+    headers = [(b"acme-user", b"root"), (b"acme", b"1"), (b"x-tenant-id", b"7"), (b"x-trace", b"t")]
+    await call(chain, scope_with(headers))
+    received = dict(upstream.sent[0].headers)
+    assert b"acme-user" not in received
+    assert b"x-tenant-id" not in received
+    assert received[b"acme"] == b"1"
+    assert received[b"x-trace"] == b"t"
+    assert received[b"accept"] == b"*/*"
+
+
+def test_a_bare_star_is_refused_at_startup() -> None:
+    # It would strip every field a client sends, Host and Authorization included.
+    with pytest.raises(ValueError, match="untrusted_strip"):
+        make_settings(trusted_proxies={"untrusted_strip": ["*"]})
+
+
+@pytest.mark.parametrize("connection", [b"keep-alive", b"Keep-Alive", b"close"])
+async def test_a_plain_connection_field_removes_nothing_else(connection: bytes) -> None:
+    chain, upstream = make_chain()
+    await call(chain, scope_with([(b"connection", connection), (b"keep-alive", b"timeout=5"), (b"x-app", b"1")]))
+    received = dict(upstream.sent[0].headers)
+    assert b"connection" not in received
+    assert b"keep-alive" not in received  # hop-by-hop whatever Connection says
+    assert received[b"x-app"] == b"1"
+
+
+@pytest.mark.parametrize("connection", [b"keep-alive, x-app", b"close,X-App"])
+async def test_a_connection_field_naming_more_than_keep_alive_removes_what_it_names(connection: bytes) -> None:
+    chain, upstream = make_chain()
+    await call(chain, scope_with([(b"connection", connection), (b"x-app", b"1"), (b"x-kept", b"2")]))
+    received = dict(upstream.sent[0].headers)
+    assert b"x-app" not in received
+    assert received[b"x-kept"] == b"2"
