@@ -24,29 +24,6 @@ from guardproxy.outcomes import SECURITY_OUTCOMES
 
 _NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 _dumps: Final = orjson.dumps  # bound once: it runs for every request
-# The line's fields, in their order.
-_FIELDS: Final[tuple[str, ...]] = (
-    "timestamp",
-    "level",
-    "event",
-    "request_id",
-    "trace_id",
-    "client",
-    "method",
-    "route",
-    "path",
-    "query",
-    "status",
-    "outcome",
-    "request_bytes",
-    "response_bytes",
-    "duration_ms",
-    "upstream_ms",
-    "attempts",
-    "endpoint",
-    "user_agent",
-    "subject",
-)
 
 
 class AccessLogGuard(Guard):
@@ -56,11 +33,9 @@ class AccessLogGuard(Guard):
         self.clock = Clock()
         # One record, its values replaced for each request: storing 18 values into a dict that
         # exists costs about a third of building and freeing a new one. Safe because on_complete
-        # runs on the event loop and does not wait; the keys keep their order, and so the line
-        # its shape.
-        self._record: dict[str, object] = dict.fromkeys(_FIELDS)
-        self._record["level"] = "info"
-        self._record["event"] = "request"
+        # runs on the event loop and does not wait. The keys keep the order of their first
+        # store (the constant ones first), and so the line its shape.
+        self._record: dict[str, object] = {"timestamp": "", "level": "info", "event": "request"}
 
     async def aclose(self) -> None:
         # The chain closes its guards at a reload too, while the process's sink keeps serving the

@@ -79,3 +79,40 @@ async def test_closing_the_guard_writes_the_lines_it_buffered() -> None:
     assert request["user_agent"] == "t/1"
     assert audit["event"] == "security_event"
     assert audit["kind"] == "rate_limited"
+
+
+def test_a_line_carries_nothing_of_the_request_before_it() -> None:
+    # The guard reuses one record for every line: each request must replace every value.
+    read_end, write_end = os.pipe()
+    try:
+        sink = LogSink(write_end, flush_interval=3600)
+        guard = AccessLogGuard(sink=sink, redact_query_params=["token"])
+        first = RequestContext(route=RoutePolicy("api", 5.0, 60.0, None, 1024), client_host="192.0.2.7")
+        first.request_id, first.status, first.subject = "req-1", 200, "alice"
+        first.upstream_seconds, first.upstream_attempts, first.upstream_endpoint = 0.002, 2, "10.0.0.1:80"
+        guard.on_complete(
+            {"method": "POST", "path": "/a", "query_string": b"x=1", "headers": [(b"user-agent", b"t/1")]}, first
+        )
+        second = RequestContext(route=RoutePolicy("default", 5.0, 60.0, None, 1024), client_host="192.0.2.8")
+        second.request_id, second.status = "req-2", 404
+        guard.on_complete({"method": "GET", "path": "/b", "query_string": b"", "headers": []}, second)
+        sink.flush()
+        lines = os.read(read_end, 1 << 16).splitlines()
+        sink.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    one, two = (orjson.loads(line) for line in lines)
+    assert list(one) == list(two)
+    assert list(two)[:3] == ["timestamp", "level", "event"]
+    assert (two["level"], two["event"]) == ("info", "request")
+    assert {key: two[key] for key in ("request_id", "client", "method", "route", "path", "status")} == {
+        "request_id": "req-2",
+        "client": "192.0.2.8",
+        "method": "GET",
+        "route": "default",
+        "path": "/b",
+        "status": 404,
+    }
+    assert (two["query"], two["user_agent"], two["subject"]) == ("", "", "")
+    assert (two["upstream_ms"], two["attempts"], two["endpoint"]) == (None, 0, None)
